@@ -1,0 +1,59 @@
+"""The audit trail (structlog): where each credential came from, never the credential.
+
+Logger ``mcp_auth_middleware.audit``; one event per resolved server credential and one per
+rejection. Tokens appear only as a fingerprint (first 12 hex of their SHA-256); server URLs
+are logged without their query string, which may carry secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import structlog
+
+from mcp_auth_middleware.errors import CredentialRejected
+from mcp_auth_middleware.resolve import Resolved
+
+__all__ = ["AUDIT_LOGGER", "CREDENTIAL_REJECTED", "CREDENTIAL_RESOLVED", "Auditor"]
+
+AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
+CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
+CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
+
+
+class Auditor:
+    """Emits the audit events of one middleware instance."""
+
+    def __init__(self) -> None:
+        self._log: Any = structlog.get_logger(AUDIT_LOGGER)
+
+    def resolved(
+        self, items: tuple[Resolved, ...], *, method: str, path: str, request_id: str | None
+    ) -> None:
+        for item in items:
+            cred = item.credential
+            server = cred.server
+            self._log.info(
+                CREDENTIAL_RESOLVED,
+                source=str(cred.source),
+                shadowed=list(item.shadowed),
+                server_url=None if server is None else server.loggable,
+                server_label=cred.server_label,
+                fingerprint=cred.fingerprint,
+                method=method,
+                path=path,
+                request_id=request_id,
+            )
+
+    def rejected(
+        self, exc: CredentialRejected, *, method: str, path: str, request_id: str | None
+    ) -> None:
+        self._log.warning(
+            CREDENTIAL_REJECTED,
+            code=exc.code,
+            param=exc.param,
+            source=exc.source,
+            method=method,
+            path=path,
+            request_id=request_id,
+        )

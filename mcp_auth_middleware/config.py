@@ -1,0 +1,152 @@
+"""Settings: :class:`MCPAuthConfig`, from keyword arguments or ``MCP_AUTH_*`` variables.
+
+A bad value fails at start-up, naming the field (constructor) or the variable (``from_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcp_auth_middleware.credentials import CredentialSource
+from mcp_auth_middleware.sources.base import MCPCredentialSource
+
+__all__ = ["ENV_PREFIX", "MCPAuthConfig", "ProviderDataMode"]
+
+ENV_PREFIX: Final = "MCP_AUTH_"
+DEFAULT_PROVIDER_DATA_HEADER: Final = "X-LlamaStack-Provider-Data"
+DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+_BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ProviderDataMode(StrEnum):
+    """What to do with credentials in the legacy provider-data header."""
+
+    ACCEPT = "accept"  # read them (the legacy path is on)
+    REJECT = "reject"  # refuse requests that carry them (migration finished)
+    IGNORE = "ignore"  # do not read the header at all
+
+
+class MCPAuthConfig(BaseModel):
+    """Settings of :class:`~mcp_auth_middleware.MCPAuthMiddleware` (SPEC §7)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    enabled: bool = True
+    body: bool = True
+    provider_data: ProviderDataMode = ProviderDataMode.ACCEPT
+    provider_data_header: str = DEFAULT_PROVIDER_DATA_HEADER
+    server_headers: bool = False
+    precedence: tuple[str, ...] = (
+        CredentialSource.BODY.value,
+        CredentialSource.SERVER_HEADER.value,
+        CredentialSource.PROVIDER_DATA.value,
+    )
+    paths: tuple[str, ...] | None = Field(
+        default=None, description="fnmatch patterns of paths to read; None reads all"
+    )
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    redact_body: bool = False
+    audit: bool = True
+    sources: tuple[MCPCredentialSource, ...] = Field(
+        default=(), description="custom credential sources, placed by name in precedence"
+    )
+
+    @field_validator("provider_data_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("must be an HTTP header name (letters, digits and -)")
+        return value
+
+    @field_validator("precedence", "paths", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one path pattern (or be unset for all)")
+            for pattern in value:
+                if not pattern.startswith("/"):
+                    raise ValueError(f"path pattern {pattern!r} must start with '/'")
+        return value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        items = tuple(value)
+        for source in items:
+            if not isinstance(source, MCPCredentialSource):
+                raise ValueError(
+                    f"{source!r} is not a credential source (needs name, needs_body, read)"
+                )
+        return items
+
+    @model_validator(mode="after")
+    def _check_precedence(self) -> MCPAuthConfig:
+        custom = [s.name for s in self.sources]
+        if len(set(custom)) != len(custom) or _BUILTIN_SOURCES & set(custom):
+            raise ValueError("sources: each custom source needs a name of its own")
+        known = _BUILTIN_SOURCES | set(custom)
+        seen: set[str] = set()
+        for name in self.precedence:
+            if name not in known:
+                raise ValueError(
+                    f"precedence: unknown source {name!r} (known: {', '.join(sorted(known))})"
+                )
+            if name in seen:
+                raise ValueError(f"precedence: source {name!r} is listed twice")
+            seen.add(name)
+        missing = tuple(name for name in custom if name not in seen)
+        if missing:
+            object.__setattr__(self, "precedence", self.precedence + missing)
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> MCPAuthConfig:
+        """Settings from ``MCP_AUTH_*`` variables; ``overrides`` (e.g. ``sources``) win.
+
+        An unknown ``MCP_AUTH_*`` variable is an error too: a misspelt switch must not be
+        silently ignored.
+        """
+        env = os.environ if environ is None else environ
+        env_fields = {name for name in cls.model_fields if name != "sources"}
+        values: dict[str, Any] = {}
+        variables: dict[str, str] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            field = key[len(ENV_PREFIX) :].lower()
+            if field not in env_fields:
+                known = ", ".join(ENV_PREFIX + f.upper() for f in sorted(env_fields))
+                raise ValueError(f"{key}: unknown setting (known: {known})")
+            values[field] = raw.strip()
+            variables[field] = key
+        if values.get("paths") in ("", "*", "all"):
+            values.pop("paths")
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                msg = str(error["msg"]).removeprefix("Value error, ")
+                field = str(error["loc"][0]) if error["loc"] else msg.partition(":")[0]
+                if not error["loc"]:
+                    msg = msg.partition(": ")[2] or msg
+                problems.append(f"{variables.get(field, field)}: {msg}")
+            if not problems:  # pragma: no cover - pydantic always reports at least one
+                raise
+            raise ValueError("invalid MCP auth settings: " + "; ".join(problems)) from None

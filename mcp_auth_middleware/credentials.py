@@ -1,0 +1,264 @@
+"""The resolved credentials of one request: :class:`MCPCredential` and :class:`MCPCredentials`.
+
+Both are immutable. Tokens are held in :class:`pydantic.SecretStr` and extra header values
+are never shown: ``repr`` and ``str`` print header names and ``**********`` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import SecretStr
+
+from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix
+
+__all__ = ["CredentialSource", "MCPCredential", "MCPCredentials", "fingerprint"]
+
+_EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class CredentialSource(StrEnum):
+    """The built-in credential sources. Custom sources use names of their own."""
+
+    BODY = "body"
+    PROVIDER_DATA = "provider_data"
+    SERVER_HEADER = "server_header"
+
+
+def fingerprint(token: str) -> str:
+    """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+class MCPCredential:
+    """One credential for one MCP server (or the request's unbound ``default``).
+
+    ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
+    credential and for a credential known only by its ``server_label``.
+    """
+
+    __slots__ = (
+        "_fingerprint",
+        "_server",
+        "headers",
+        "server_label",
+        "server_url",
+        "source",
+        "token",
+    )
+
+    server_url: str | None
+    server_label: str | None
+    token: SecretStr
+    source: CredentialSource | str
+    headers: Mapping[str, str]
+    _server: ServerURL | None
+    _fingerprint: str | None
+
+    def __init__(
+        self,
+        *,
+        token: SecretStr | str,
+        source: CredentialSource | str,
+        server_url: str | None = None,
+        server_label: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "token", token if isinstance(token, SecretStr) else SecretStr(token))
+        set_(self, "source", source)
+        set_(self, "server_url", server_url)
+        set_(self, "server_label", server_label)
+        set_(self, "headers", MappingProxyType(dict(headers)) if headers else _EMPTY_HEADERS)
+        # Raises ValueError for a URL that is not absolute http(s): a credential is bound to
+        # a server we can compare requests against, or to none.
+        set_(self, "_server", None if server_url is None else parse_server_url(server_url))
+        set_(self, "_fingerprint", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    @property
+    def server(self) -> ServerURL | None:
+        """The normalised server URL, or ``None`` when unbound."""
+        return self._server
+
+    @property
+    def fingerprint(self) -> str:
+        """First 12 hex of the token's SHA-256 (safe to log and to use in cache keys)."""
+        fp: str | None = self._fingerprint
+        if fp is None:
+            fp = fingerprint(self.token.get_secret_value())
+            object.__setattr__(self, "_fingerprint", fp)
+        return fp
+
+    def bearer(self) -> str:
+        """The ``Authorization`` header value: ``Bearer <token>``."""
+        return "Bearer " + self.token.get_secret_value()
+
+    def replace(self, **changes: Any) -> MCPCredential:
+        """A copy with some fields changed (``server_url`` re-validated)."""
+        fields: dict[str, Any] = {
+            "token": self.token,
+            "source": self.source,
+            "server_url": self.server_url,
+            "server_label": self.server_label,
+            "headers": self.headers,
+        }
+        fields.update(changes)
+        return MCPCredential(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MCPCredential):
+            return NotImplemented
+        return (
+            self._server == other._server
+            and self.server_label == other.server_label
+            and self.source == other.source
+            and self.token.get_secret_value() == other.token.get_secret_value()
+            and dict(self.headers) == dict(other.headers)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._server, self.server_label, str(self.source), self.fingerprint))
+
+    def __repr__(self) -> str:
+        return (
+            f"MCPCredential(server_url={self.server_url!r}, server_label={self.server_label!r}, "
+            f"source={str(self.source)!r}, token=SecretStr('**********'), "
+            f"headers={{{', '.join(f'{k!r}: [secure]' for k in self.headers)}}})"
+        )
+
+    __str__ = __repr__
+
+
+class MCPCredentials:
+    """The immutable set of credentials one request carries.
+
+    Iterating yields every credential, the unbound :attr:`default` included; :meth:`for_server`
+    looks one up by server URL (normalised) or by server label.
+    """
+
+    __slots__ = ("_by_label", "_by_url", "_default", "_items", "_origins")
+
+    _items: tuple[MCPCredential, ...]
+    _by_url: dict[str, MCPCredential]
+    _by_label: dict[str, MCPCredential]
+    _default: MCPCredential | None
+    _origins: dict[tuple[str, str, int | None], list[MCPCredential]] | None
+
+    def __init__(self, credentials: Iterable[MCPCredential] = ()) -> None:
+        items = tuple(credentials)
+        by_url: dict[str, MCPCredential] = {}
+        by_label: dict[str, MCPCredential] = {}
+        default: MCPCredential | None = None
+        for cred in items:
+            server = cred.server
+            if server is not None:
+                if by_url.setdefault(server.url, cred) is not cred:
+                    raise ValueError("two credentials for the same server")
+            elif cred.server_label is None:
+                if default is not None:
+                    raise ValueError("two default credentials")
+                default = cred
+            if cred.server_label is not None:
+                by_label.setdefault(cred.server_label, cred)
+        object.__setattr__(self, "_items", items)
+        object.__setattr__(self, "_by_url", by_url)
+        object.__setattr__(self, "_by_label", by_label)
+        object.__setattr__(self, "_default", default)
+        object.__setattr__(self, "_origins", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("MCPCredentials is immutable")
+
+    @property
+    def default(self) -> MCPCredential | None:
+        """The tool-runtime top-level credential that names no server, if any.
+
+        It is never attached to an outgoing request by itself: bind it to a server with
+        :meth:`bind_default` first.
+        """
+        return self._default
+
+    def for_server(self, url_or_label: str) -> MCPCredential | None:
+        """The credential for a server URL (compared normalised) or a server label."""
+        if "://" in url_or_label:
+            try:
+                key = parse_server_url(url_or_label).url
+            except ValueError:
+                return None
+            return self._by_url.get(key)
+        return self._by_label.get(url_or_label)
+
+    def bind_default(self, server_url: str) -> MCPCredentials:
+        """A copy in which the unbound default credential is bound to ``server_url``.
+
+        A credential the request already carries for that server is kept (it is more
+        specific); without a default credential the set is returned unchanged.
+        """
+        default = self.default
+        if default is None or self.for_server(server_url) is not None:
+            return self
+        bound = default.replace(server_url=server_url)
+        return MCPCredentials([c for c in self._items if c is not default] + [bound])
+
+    def match_request(
+        self, scheme: str, host: str, port: int | None, path: str, query: str
+    ) -> MCPCredential | None:
+        """The credential for an outgoing request, by SPEC §9's rule (see ``downstream``).
+
+        Same origin only; the credential whose path is the longest whole-segment prefix of
+        the request path (and whose query, when it has one, equals the request's); failing
+        that, the only credential of that origin.
+        """
+        origins = self._origins
+        if origins is None:
+            origins = {}
+            for cred in self._items:
+                if cred.server is not None:
+                    origins.setdefault(cred.server.origin, []).append(cred)
+            for creds in origins.values():
+                creds.sort(key=lambda c: len(c.server.path), reverse=True)  # type: ignore[union-attr]
+            object.__setattr__(self, "_origins", origins)
+        candidates = origins.get((scheme, host, port))
+        if not candidates:
+            return None
+        for cred in candidates:
+            server = cred.server
+            assert server is not None
+            if path_is_prefix(server.path, path) and (not server.query or server.query == query):
+                return cred
+        return candidates[0] if len(candidates) == 1 else None
+
+    def __iter__(self) -> Iterator[MCPCredential]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MCPCredentials):
+            return NotImplemented
+        return set(self._items) == set(other._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items))
+
+    def __repr__(self) -> str:
+        return f"MCPCredentials({list(self._items)!r})"
+
+    __str__ = __repr__
+
+
+EMPTY_CREDENTIALS = MCPCredentials()

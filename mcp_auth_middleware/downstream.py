@@ -1,0 +1,134 @@
+"""Downstream: put the request's credential on outgoing MCP requests.
+
+:class:`MCPBearerAuth` is an ``auth=`` for ``httpx`` and ``httpx2`` clients (the ``mcp`` SDK
+2.x uses httpx2). For each outgoing request it reads :func:`current_credentials` and picks
+the credential for that request's server: same origin, longest whole-segment path prefix;
+failing that, the only credential of that origin (the SSE transport posts to a
+``/messages`` URL that the server names). Never another origin's credential, never the
+unbound ``default``, never a token on plain ``http://`` to a non-loopback host unless
+``allow_insecure_http=True``. No matching credential: the request goes out unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mcp_auth_middleware.context import current_credentials
+from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.urls import is_loopback_host, parse_server_url
+
+__all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+if TYPE_CHECKING:
+    import httpx
+    import httpx2
+
+    class _AuthBase(httpx.Auth, httpx2.Auth):  # type: ignore[misc]
+        pass
+
+else:
+    _bases = []
+    try:
+        import httpx
+
+        _bases.append(httpx.Auth)
+    except ImportError:  # pragma: no cover - httpx is optional
+        pass
+    try:
+        import httpx2
+
+        _bases.append(httpx2.Auth)
+    except ImportError:  # pragma: no cover - httpx2 is optional
+        pass
+    _AuthBase = type("_AuthBase", tuple(_bases) or (object,), {"__slots__": ()})
+
+
+class InsecureTransportError(ValueError):
+    """Refused to send a credential over plain ``http://`` to a host that is not loopback."""
+
+
+_INSECURE = (
+    "refusing to send an MCP credential over plain http to a non-loopback host; "
+    "use https, or MCPBearerAuth(allow_insecure_http=True) if the network is trusted"
+)
+
+
+def _check_transport(scheme: str, host: str, allow_insecure_http: bool) -> None:
+    if scheme != "https" and not allow_insecure_http and not is_loopback_host(host):
+        raise InsecureTransportError(_INSECURE)
+
+
+class MCPBearerAuth(_AuthBase):
+    """``auth=`` for httpx/httpx2 clients: the current request's credential per server.
+
+    No I/O and no state: safe to share one instance (and one client) across requests, since
+    the credential is looked up for each outgoing request from the current context.
+    """
+
+    __slots__ = ("allow_insecure_http",)
+
+    def __init__(self, *, allow_insecure_http: bool = False) -> None:
+        self.allow_insecure_http = allow_insecure_http
+
+    def credential_for(self, request: Any) -> MCPCredential | None:
+        """The credential this outgoing request would carry (``None``: sent unchanged)."""
+        url = request.url
+        scheme = url.scheme.lower()
+        host = url.raw_host.decode("latin-1").lower()
+        port = url.port
+        if port == _DEFAULT_PORTS.get(scheme):
+            port = None
+        raw_path: bytes = url.raw_path
+        path, _, query = raw_path.decode("latin-1").partition("?")
+        return current_credentials().match_request(scheme, host, port, path or "/", query)
+
+    def apply(self, request: Any) -> Any:
+        """Set ``Authorization`` (and the credential's extra headers) on ``request``."""
+        cred = self.credential_for(request)
+        if cred is not None:
+            _check_transport(
+                request.url.scheme.lower(),
+                request.url.raw_host.decode("latin-1"),
+                self.allow_insecure_http,
+            )
+            for name, value in cred.headers.items():
+                request.headers[name] = value
+            request.headers["Authorization"] = cred.bearer()
+        return request
+
+    def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        yield self.apply(request)
+
+    def __call__(self, request: Any) -> Any:
+        """Plain-callable form, for APIs that take ``request -> request``."""
+        return self.apply(request)
+
+    def __repr__(self) -> str:
+        return f"MCPBearerAuth(allow_insecure_http={self.allow_insecure_http})"
+
+
+def mcp_headers(
+    server_url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    allow_insecure_http: bool = False,
+) -> dict[str, str]:
+    """The header dict for ``server_url``, for APIs that take headers rather than ``auth=``.
+
+    ``headers`` plus the current request's credential for that server (its extra headers
+    and ``Authorization: Bearer <token>``). Raises ``ValueError`` if ``headers`` already
+    holds an ``Authorization`` (any case): the token must come from the request.
+    """
+    result = dict(headers or {})
+    if any(name.strip().lower() == "authorization" for name in result):
+        raise ValueError("headers already hold an Authorization header")
+    cred = current_credentials().for_server(server_url)
+    if cred is not None:
+        server = parse_server_url(server_url)
+        _check_transport(server.scheme, server.host, allow_insecure_http)
+        result.update(cred.headers)
+        result["Authorization"] = cred.bearer()
+    return result

@@ -1,0 +1,96 @@
+"""Rejections: their codes, messages and the OpenAI-style JSON answer.
+
+Messages are constants so that tests (ours and yours) can import and assert on them. None of
+them ever includes a credential or a raw header value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+__all__ = [
+    "AUTHORIZATION_IN_HEADERS",
+    "AUTHORIZATION_IN_PROVIDER_DATA",
+    "BODY_TOO_LARGE",
+    "CONFLICTING_CREDENTIALS",
+    "INVALID_AUTHORIZATION",
+    "INVALID_BODY",
+    "INVALID_PROVIDER_DATA",
+    "INVALID_SERVER_URL",
+    "MESSAGES",
+    "CredentialRejected",
+    "error_body",
+]
+
+AUTHORIZATION_IN_HEADERS: Final = "authorization_in_headers"
+INVALID_AUTHORIZATION: Final = "invalid_authorization"
+CONFLICTING_CREDENTIALS: Final = "conflicting_credentials"
+INVALID_PROVIDER_DATA: Final = "invalid_provider_data"
+AUTHORIZATION_IN_PROVIDER_DATA: Final = "authorization_in_provider_data"
+INVALID_SERVER_URL: Final = "invalid_server_url"
+BODY_TOO_LARGE: Final = "body_too_large"
+INVALID_BODY: Final = "invalid_body"
+
+#: Message templates by code; ``{param}`` is the offending field, ``{limit}`` a size limit.
+MESSAGES: Final[dict[str, str]] = {
+    AUTHORIZATION_IN_HEADERS: (
+        "Do not put an Authorization header in '{param}': pass the MCP server's token in the "
+        "tool's 'authorization' parameter instead."
+    ),
+    INVALID_AUTHORIZATION: (
+        "Invalid '{param}': expected a token (or 'Bearer <token>') of at most 8192 printable "
+        "ASCII characters without whitespace."
+    ),
+    CONFLICTING_CREDENTIALS: (
+        "Invalid '{param}': two MCP tools name the same server with different credentials."
+    ),
+    INVALID_PROVIDER_DATA: (
+        "Invalid '{param}': expected a JSON object whose 'mcp_headers' maps absolute server "
+        "URLs to objects of header names to string values."
+    ),
+    AUTHORIZATION_IN_PROVIDER_DATA: (
+        "Credentials in '{param}' are no longer accepted: pass the MCP server's token in the "
+        "tool's 'authorization' parameter instead."
+    ),
+    INVALID_SERVER_URL: "Invalid '{param}': expected an absolute http(s) URL.",
+    BODY_TOO_LARGE: "Request body too large: the limit is {limit} bytes.",
+    INVALID_BODY: "The request body is not valid JSON.",
+}
+
+
+class CredentialRejected(Exception):
+    """Raised by a credential source to refuse the request with an OpenAI-style error.
+
+    ``code`` is one of this module's codes (or a custom source's own), ``param`` the field or
+    header at fault. Never put a credential in either: they are sent to the client and logged.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        param: str,
+        *,
+        status: int = 400,
+        message: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.code = code
+        self.param = param
+        self.status = status
+        self.source = source
+        self.message = message or MESSAGES.get(code, "Invalid '{param}'.").format(param=param)
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"CredentialRejected(code={self.code!r}, param={self.param!r}, status={self.status})"
+
+
+def error_body(
+    message: str, *, code: str, param: str | None, type_: str = "invalid_request_error"
+) -> bytes:
+    """The OpenAI-style error document, as bytes."""
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        separators=(",", ":"),
+    ).encode()

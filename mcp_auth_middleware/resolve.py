@@ -1,0 +1,51 @@
+"""Precedence and shadowing: many sources' credentials in, one per server out (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
+
+__all__ = ["Resolution", "Resolved", "credential_key", "resolve"]
+
+
+def credential_key(cred: MCPCredential) -> tuple[str, str]:
+    """What identifies "the same server" across sources."""
+    if cred.server is not None:
+        return ("url", cred.server.url)
+    if cred.server_label is not None:
+        return ("label", cred.server_label.casefold())
+    return ("default", "")
+
+
+class Resolved(NamedTuple):
+    """The winning credential for one server and the sources it shadowed."""
+
+    credential: MCPCredential
+    shadowed: tuple[str, ...]
+
+
+class Resolution(NamedTuple):
+    credentials: MCPCredentials
+    resolved: tuple[Resolved, ...]
+
+
+def resolve(found: Iterable[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
+    """``found`` is each source's credentials, in precedence order.
+
+    Per server, the first source that supplies a credential wins; each later source that
+    supplies one for the same server is recorded as shadowed.
+    """
+    winners: dict[tuple[str, str], MCPCredential] = {}
+    shadowed: dict[tuple[str, str], list[str]] = {}
+    for source, creds in found:
+        for cred in creds:
+            key = credential_key(cred)
+            if key in winners:
+                if winners[key].source != source:
+                    shadowed.setdefault(key, []).append(source)
+            else:
+                winners[key] = cred
+    resolved = tuple(Resolved(cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
+    return Resolution(MCPCredentials(winners.values()), resolved)

@@ -1,0 +1,140 @@
+"""The legacy provider-data header: ``X-LlamaStack-Provider-Data: {"mcp_headers": {...}}``.
+
+``mcp_headers`` maps an absolute server URL to a dict of header name to string value. An
+``Authorization: Bearer <token>`` entry (name in any case) gives a credential for that URL,
+the other entries become its extra ``headers``. An entry without ``Authorization`` gives
+nothing. Other keys of the header belong to other providers and are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+
+from mcp_auth_middleware.config import ProviderDataMode
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.errors import (
+    AUTHORIZATION_IN_PROVIDER_DATA,
+    CONFLICTING_CREDENTIALS,
+    INVALID_PROVIDER_DATA,
+    CredentialRejected,
+)
+from mcp_auth_middleware.sources.base import SourceRequest, parse_token
+from mcp_auth_middleware.urls import parse_server_url
+
+__all__ = ["RESERVED_HEADERS", "ProviderDataSource", "check_extra_header"]
+
+_SOURCE: Final = CredentialSource.PROVIDER_DATA.value
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Visible ASCII, space and tab inside (RFC 9110 field-value, no obs-text): no CR, LF or NUL.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
+
+#: Header names a caller may not set for an MCP server: framing, hop-by-hop and the MCP
+#: transport's own session headers, which belong to the client library.
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "keep-alive",
+        "mcp-protocol-version",
+        "mcp-session-id",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def check_extra_header(name: Any, value: Any) -> bool:
+    """Whether an extra header is one we are willing to forward."""
+    return (
+        isinstance(name, str)
+        and isinstance(value, str)
+        and _HEADER_NAME.fullmatch(name) is not None
+        and name.lower() not in RESERVED_HEADERS
+        and _HEADER_VALUE.fullmatch(value) is not None
+    )
+
+
+class ProviderDataSource:
+    """Credentials from the provider-data header (see the module docstring).
+
+    In ``reject`` mode an ``Authorization`` entry refuses the request with
+    ``authorization_in_provider_data``; in ``ignore`` mode the source is not consulted.
+    """
+
+    name = _SOURCE
+    needs_body = False
+
+    def __init__(self, header: str, mode: ProviderDataMode = ProviderDataMode.ACCEPT) -> None:
+        self.header = header
+        self._key = header.lower()
+        self.mode = mode
+
+    def _invalid(self) -> CredentialRejected:
+        return CredentialRejected(INVALID_PROVIDER_DATA, self.header, source=_SOURCE)
+
+    def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
+        values = request.headers.get(self._key)
+        if not values:
+            return ()
+        if len(values) > 1:
+            raise self._invalid()  # two values: which one would the application read?
+        try:
+            data = json.loads(values[0])
+        except (ValueError, RecursionError):
+            raise self._invalid() from None
+        if not isinstance(data, dict):
+            raise self._invalid()
+        mcp = data.get("mcp_headers")
+        if mcp is None:
+            return ()
+        if not isinstance(mcp, dict):
+            raise self._invalid()
+        found: dict[str, MCPCredential] = {}
+        for url, headers in mcp.items():
+            try:
+                key = parse_server_url(url).url
+            except ValueError:
+                raise self._invalid() from None
+            if not isinstance(headers, dict):
+                raise self._invalid()
+            cred = self._credential(url, headers)
+            if cred is None:
+                continue
+            previous = found.get(key)
+            if previous is not None and previous.token.get_secret_value() != (
+                cred.token.get_secret_value()
+            ):
+                raise CredentialRejected(CONFLICTING_CREDENTIALS, self.header, source=_SOURCE)
+            found.setdefault(key, cred)
+        return found.values()
+
+    def _credential(self, url: str, headers: dict[Any, Any]) -> MCPCredential | None:
+        authorization: Any = None
+        extra: dict[str, str] = {}
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise self._invalid()
+            if name.strip().lower() == "authorization":
+                if authorization is not None:
+                    raise self._invalid()
+                authorization = value
+            elif check_extra_header(name, value):
+                extra[name] = value
+            else:
+                raise self._invalid()
+        if authorization is None:
+            return None
+        if self.mode is ProviderDataMode.REJECT:
+            raise CredentialRejected(AUTHORIZATION_IN_PROVIDER_DATA, self.header, source=_SOURCE)
+        token = parse_token(authorization, param=self.header, source=_SOURCE, require_bearer=True)
+        return MCPCredential(
+            token=token, source=CredentialSource.PROVIDER_DATA, server_url=url, headers=extra
+        )

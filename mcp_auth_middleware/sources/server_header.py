@@ -1,0 +1,80 @@
+"""Per-server headers: ``X-MCP-<server_label>-Authorization: Bearer <token>`` (off by default).
+
+LiteLLM's convention, for callers that cannot put a token in the body (a browser app whose
+gateway adds it from a cookie). The label is matched case-insensitively against the body's
+MCP tools, whose ``server_url`` the credential is then bound to; a label that no tool carries
+gives a credential known by its (lower-cased) label only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.errors import (
+    CONFLICTING_CREDENTIALS,
+    INVALID_AUTHORIZATION,
+    INVALID_SERVER_URL,
+    CredentialRejected,
+)
+from mcp_auth_middleware.sources.base import SourceRequest, parse_token
+from mcp_auth_middleware.urls import parse_server_url
+
+__all__ = ["PREFIX", "SUFFIX", "ServerHeaderSource"]
+
+_SOURCE: Final = CredentialSource.SERVER_HEADER.value
+PREFIX: Final = "x-mcp-"
+SUFFIX: Final = "-authorization"
+
+
+class ServerHeaderSource:
+    """Credentials from ``X-MCP-<label>-Authorization`` headers (see the module docstring)."""
+
+    name = _SOURCE
+    needs_body = True  # the body's tools give each label its server URL
+
+    def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
+        found: list[MCPCredential] = []
+        labels = request.body.labels() if request.body is not None else {}
+        for key, values in request.headers.items():
+            if not (key.startswith(PREFIX) and key.endswith(SUFFIX)):
+                continue
+            label = key[len(PREFIX) : -len(SUFFIX)]
+            if not label:
+                continue
+            param = f"X-MCP-{label}-Authorization"
+            if len(values) > 1:
+                raise CredentialRejected(INVALID_AUTHORIZATION, param, source=_SOURCE)
+            token = parse_token(values[0], param=param, source=_SOURCE, require_bearer=True)
+            tools = labels.get(label.casefold(), [])
+            urls = set()
+            for tool in tools:
+                if isinstance(tool.server_url, str):
+                    try:
+                        urls.add(parse_server_url(tool.server_url).url)
+                    except ValueError:
+                        raise CredentialRejected(
+                            INVALID_SERVER_URL, f"tools[{tool.position}].server_url", source=_SOURCE
+                        ) from None
+            if len(urls) > 1:
+                raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
+            if urls:
+                tool = next(t for t in tools if isinstance(t.server_url, str))
+                found.append(
+                    MCPCredential(
+                        token=token,
+                        source=CredentialSource.SERVER_HEADER,
+                        server_url=tool.server_url,
+                        server_label=tool.server_label,
+                    )
+                )
+            else:
+                found.append(
+                    MCPCredential(
+                        token=token,
+                        source=CredentialSource.SERVER_HEADER,
+                        server_label=label,
+                    )
+                )
+        return found

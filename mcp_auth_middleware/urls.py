@@ -1,0 +1,101 @@
+"""Server identity: URL normalisation and matching of outgoing requests.
+
+Two URLs name the same MCP server when they are equal after normalisation: scheme and host
+lower-cased, default port dropped, empty path equal to ``/``, one trailing slash ignored,
+fragment and user-info dropped. Scheme, port, path and query stay significant, so a token
+given for ``https://h/mcp`` is never sent to ``http://h/mcp``, ``https://h:8443/mcp`` or
+``https://h/other``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+__all__ = ["ServerURL", "is_loopback_host", "normalize_server_url", "parse_server_url"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ServerURL(NamedTuple):
+    """A parsed, normalised server URL; ``str()`` of it via :attr:`url`."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    query: str
+
+    @property
+    def origin(self) -> tuple[str, str, int | None]:
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port is None else f":{self.port}"
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{host}{port}{self.path}{query}"
+
+    @property
+    def loggable(self) -> str:
+        """The URL for logs: the query (which may carry secrets) replaced by a marker."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.scheme}://{host}{port}{self.path}{'?…' if self.query else ''}"
+
+
+def _normalize_path(path: str) -> str:
+    if not path:
+        return "/"
+    if len(path) > 1 and path.endswith("/"):
+        return path[:-1]
+    return path
+
+
+@lru_cache(maxsize=4096)
+def parse_server_url(url: str) -> ServerURL:
+    """Parse an absolute ``http``/``https`` URL into its normalised parts.
+
+    Raises ``ValueError`` (with a message that does not repeat the URL) when it is not one.
+    Cached: a gateway talks to few servers, and their URLs repeat on every request.
+    """
+    if not isinstance(url, str) or not url.isascii() or not url.isprintable() or " " in url:
+        raise ValueError("server URL must be an absolute http(s) URL of printable ASCII")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("server URL is not a valid absolute http(s) URL") from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise ValueError("server URL must be an absolute http(s) URL with a host")
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None
+    return ServerURL(scheme, host, port, _normalize_path(parts.path), parts.query)
+
+
+def normalize_server_url(url: str) -> str:
+    """The canonical string form of an absolute server URL (see the module docstring)."""
+    return parse_server_url(url).url
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def path_is_prefix(prefix: str, path: str) -> bool:
+    """``prefix`` is ``path`` or a whole-segment prefix of it (``/mcp`` of ``/mcp/x``)."""
+    if prefix == "/" or path == prefix:
+        return True
+    return path.startswith(prefix) and path[len(prefix)] == "/"
