@@ -11,11 +11,11 @@ unbound ``default``, never a token on plain ``http://`` to a non-loopback host u
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mcp_auth_middleware.context import current_credentials
-from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
 from mcp_auth_middleware.urls import is_loopback_host, parse_server_url
 
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
@@ -64,14 +64,24 @@ def _check_transport(scheme: str, host: str, allow_insecure_http: bool) -> None:
 class MCPBearerAuth(_AuthBase):
     """``auth=`` for httpx/httpx2 clients: the current request's credential per server.
 
-    No I/O and no state: safe to share one instance (and one client) across requests, since
-    the credential is looked up for each outgoing request from the current context.
+    No I/O and no per-request state: safe to share one instance (and one client) across
+    requests, since the credential is looked up for each outgoing request from the current
+    context. With ``credentials=`` it uses that fixed set instead of the context (a client
+    owned by one pooled MCP session, a background job), by the same matching rules.
     """
 
-    __slots__ = ("allow_insecure_http",)
+    __slots__ = ("_fixed", "allow_insecure_http")
 
-    def __init__(self, *, allow_insecure_http: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        allow_insecure_http: bool = False,
+        credentials: MCPCredentials | Iterable[MCPCredential] | None = None,
+    ) -> None:
         self.allow_insecure_http = allow_insecure_http
+        if credentials is not None and not isinstance(credentials, MCPCredentials):
+            credentials = MCPCredentials(credentials)
+        self._fixed: MCPCredentials | None = credentials
 
     def credential_for(self, request: Any) -> MCPCredential | None:
         """The credential this outgoing request would carry (``None``: sent unchanged)."""
@@ -83,7 +93,8 @@ class MCPBearerAuth(_AuthBase):
             port = None
         raw_path: bytes = url.raw_path
         path, _, query = raw_path.decode("latin-1").partition("?")
-        return current_credentials().match_request(scheme, host, port, path or "/", query)
+        creds = self._fixed if self._fixed is not None else current_credentials()
+        return creds.match_request(scheme, host, port, path or "/", query)
 
     def apply(self, request: Any) -> Any:
         """Set ``Authorization`` (and the credential's extra headers) on ``request``."""
@@ -107,7 +118,8 @@ class MCPBearerAuth(_AuthBase):
         return self.apply(request)
 
     def __repr__(self) -> str:
-        return f"MCPBearerAuth(allow_insecure_http={self.allow_insecure_http})"
+        fixed = "" if self._fixed is None else f", credentials=<{len(self._fixed)} fixed>"
+        return f"MCPBearerAuth(allow_insecure_http={self.allow_insecure_http}{fixed})"
 
 
 def mcp_headers(
