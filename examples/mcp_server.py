@@ -8,7 +8,7 @@ app under uvicorn on 127.0.0.1 (an OS-chosen port) in a background thread.
         ...  # POST {base_url}/mcp with Authorization: Bearer alice-token
     assert mcp.calls == [Call(user="alice", tool="whoami")]
 
-Used by the end-to-end tests and by the demo.
+Used by the demo and by the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class RecordingMCPServer:
         self.server = MCPServer(
             "whoami",
             token_verifier=self,
+            # INFO would make MCPServer install a rich root log handler (logging.basicConfig).
+            log_level="WARNING",
             auth=AuthSettings(
                 issuer_url="https://auth.example.com",  # type: ignore[arg-type]
                 resource_server_url="http://127.0.0.1/mcp",  # type: ignore[arg-type]

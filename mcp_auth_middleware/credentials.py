@@ -217,7 +217,7 @@ class MCPCredentials:
 
         Same origin only; the credential whose path is the longest whole-segment prefix of
         the request path (and whose query, when it has one, equals the request's); failing
-        that, the only credential of that origin.
+        that, the only credential of that origin, if it names no query.
         """
         origins = self._origins
         if origins is None:
@@ -236,7 +236,12 @@ class MCPCredentials:
             assert server is not None
             if path_is_prefix(server.path, path) and (not server.query or server.query == query):
                 return cred
-        return candidates[0] if len(candidates) == 1 else None
+        # The SSE transport posts to a URL the server names (``/messages/?session_id=...``):
+        # the only credential of the origin covers it, unless that credential names a query,
+        # which keeps it to requests with exactly that query.
+        if len(candidates) == 1 and not candidates[0].server.query:  # type: ignore[union-attr]
+            return candidates[0]
+        return None
 
     def __iter__(self) -> Iterator[MCPCredential]:
         return iter(self._items)
