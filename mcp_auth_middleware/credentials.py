@@ -18,7 +18,34 @@ from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix
 
 __all__ = ["CredentialSource", "MCPCredential", "MCPCredentials", "fingerprint"]
 
-_EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+class SecureHeaders(Mapping[str, str]):
+    """A read-only header mapping whose ``repr`` shows the names only.
+
+    Extra headers may carry secrets too (an ``X-Api-Key`` from provider data).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, str] | None = None) -> None:
+        self._data: Mapping[str, str] = MappingProxyType(dict(data or {}))
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{name!r}: [secure]" for name in self._data) + "}"
+
+    __str__ = __repr__
+
+
+_EMPTY_HEADERS: Mapping[str, str] = SecureHeaders()
 
 
 class CredentialSource(StrEnum):
@@ -73,7 +100,7 @@ class MCPCredential:
         set_(self, "source", source)
         set_(self, "server_url", server_url)
         set_(self, "server_label", server_label)
-        set_(self, "headers", MappingProxyType(dict(headers)) if headers else _EMPTY_HEADERS)
+        set_(self, "headers", SecureHeaders(headers) if headers else _EMPTY_HEADERS)
         # Raises ValueError for a URL that is not absolute http(s): a credential is bound to
         # a server we can compare requests against, or to none.
         set_(self, "_server", None if server_url is None else parse_server_url(server_url))
@@ -133,7 +160,7 @@ class MCPCredential:
         return (
             f"MCPCredential(server_url={self.server_url!r}, server_label={self.server_label!r}, "
             f"source={str(self.source)!r}, token=SecretStr('**********'), "
-            f"headers={{{', '.join(f'{k!r}: [secure]' for k in self.headers)}}})"
+            f"headers={self.headers!r})"
         )
 
     __str__ = __repr__

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from starlette.types import Scope
 
@@ -34,26 +34,53 @@ MAX_TOKEN_LENGTH: Final = 8192
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
-class MCPTool(NamedTuple):
-    """One ``{"type": "mcp"}`` item of a Responses ``tools`` list, fields as sent."""
+class MCPTool:
+    """One ``{"type": "mcp"}`` item of a Responses ``tools`` list, fields as sent.
 
-    position: int
-    server_url: Any
-    server_label: Any
-    authorization: Any
-    headers: Any
-
-
-class ParsedBody(NamedTuple):
-    """The parts of a JSON request body that credential sources read.
-
-    ``authorization`` and ``mcp_endpoint`` are the tool-runtime top-level fields, as sent
-    (``None`` when absent).
+    Not a tuple on purpose: JSON log renderers would serialise a tuple's fields, tokens
+    included; ``repr`` shows ``[secure]`` instead.
     """
 
-    tools: tuple[MCPTool, ...] = ()
-    authorization: Any = None
-    mcp_endpoint: Any = None
+    __slots__ = ("authorization", "headers", "position", "server_label", "server_url")
+
+    def __init__(
+        self, position: int, server_url: Any, server_label: Any, authorization: Any, headers: Any
+    ) -> None:
+        self.position = position
+        self.server_url = server_url
+        self.server_label = server_label
+        self.authorization = authorization
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        headers = list(self.headers) if isinstance(self.headers, dict) else "[secure]"
+        return (
+            f"MCPTool(position={self.position}, server_url={self.server_url!r}, "
+            f"server_label={self.server_label!r}, authorization=[secure], headers={headers!r})"
+        )
+
+
+class ParsedBody:
+    """The parts of a JSON request body that credential sources read.
+
+    ``tools`` are the MCP tools only; ``authorization`` and ``mcp_endpoint`` are the
+    tool-runtime top-level fields, as sent (``None`` when absent).
+    """
+
+    __slots__ = ("authorization", "mcp_endpoint", "tools")
+
+    def __init__(
+        self, tools: tuple[MCPTool, ...] = (), authorization: Any = None, mcp_endpoint: Any = None
+    ) -> None:
+        self.tools = tools
+        self.authorization = authorization
+        self.mcp_endpoint = mcp_endpoint
+
+    def __repr__(self) -> str:
+        return (
+            f"ParsedBody(tools={list(self.tools)!r}, authorization=[secure], "
+            f"mcp_endpoint={self.mcp_endpoint!r})"
+        )
 
     def labels(self) -> dict[str, list[MCPTool]]:
         """The MCP tools by server label, case-folded."""

@@ -1,0 +1,407 @@
+"""SPEC §8: the audit events, their fields, and the logger they go to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from asgi_correlation_id import CorrelationIdMiddleware
+from structlog.testing import LogCapture
+
+from mcp_auth_middleware import (
+    AUDIT_LOGGER,
+    CREDENTIAL_REJECTED,
+    CREDENTIAL_RESOLVED,
+    MCPAuthConfig,
+    ProviderDataMode,
+)
+from tests.helpers import PROVIDER_DATA, client, make_app, mcp_tool, provider_data
+
+URL = "https://mcp.example.com/mcp"
+OTHER = "https://other.example.com/mcp"
+THIRD = "https://third.example.com/sse"
+PATH = "/v1/responses"
+
+RESOLVED_FIELDS = {
+    "source",
+    "shadowed",
+    "server_url",
+    "server_label",
+    "fingerprint",
+    "method",
+    "path",
+    "request_id",
+}
+REJECTED_FIELDS = {"code", "param", "source", "method", "path", "request_id"}
+
+
+def sha12(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def events(log: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in log if e["event"] == name]
+
+
+def by_url(log: list[dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    resolved = events(log, CREDENTIAL_RESOLVED)
+    found = {e["server_url"]: e for e in resolved}
+    assert len(found) == len(resolved), "one event per server"
+    return found
+
+
+def test_event_names_are_the_documented_constants() -> None:
+    assert AUDIT_LOGGER == "mcp_auth_middleware.audit"
+    assert CREDENTIAL_RESOLVED == "mcp_credential_resolved"
+    assert CREDENTIAL_REJECTED == "mcp_credential_rejected"
+
+
+@pytest.mark.anyio
+async def test_resolved_event_carries_every_field(audit_log: list[dict[str, Any]]) -> None:
+    app = make_app()
+    async with client(app) as c:
+        r = await c.post(
+            PATH,
+            json={"tools": [mcp_tool(URL, token="Bearer tok-1", label="docs")]},
+            headers={"X-Request-ID": "req-42"},
+        )
+    assert r.status_code == 200
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert set(event) >= RESOLVED_FIELDS
+    assert event["source"] == "body"
+    assert event["shadowed"] == []
+    assert event["server_url"] == URL
+    assert event["server_label"] == "docs"
+    assert event["fingerprint"] == sha12("tok-1")  # of the token, "Bearer " stripped
+    assert event["method"] == "POST"
+    assert event["path"] == PATH
+    assert event["request_id"] == "req-42"
+    assert events(audit_log, CREDENTIAL_REJECTED) == []
+
+
+@pytest.mark.anyio
+async def test_fingerprint_is_the_first_12_hex_of_the_tokens_sha256(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    token = "a-distinct-token-" + uuid.uuid4().hex
+    app = make_app()
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token=token)]})
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert event["fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:12]
+    assert len(event["fingerprint"]) == 12
+    int(event["fingerprint"], 16)
+
+
+@pytest.mark.anyio
+async def test_one_event_per_server_credential(audit_log: list[dict[str, Any]]) -> None:
+    """Two body tools and one provider-data server: three events, each with its own data."""
+    app = make_app()
+    body = {
+        "tools": [
+            mcp_tool(URL, token="tok-a", label="a"),
+            mcp_tool(OTHER, token="tok-b", label="b"),
+            mcp_tool(THIRD, token=None, label="c"),
+            {"type": "function", "name": "f"},
+        ]
+    }
+    headers = provider_data({THIRD: {"Authorization": "Bearer tok-c"}})
+    async with client(app) as c:
+        r = await c.post(PATH, json=body, headers=headers)
+    assert r.status_code == 200
+    found = by_url(audit_log)
+    assert set(found) == {URL, OTHER, THIRD}
+    assert (found[URL]["source"], found[URL]["fingerprint"], found[URL]["server_label"]) == (
+        "body",
+        sha12("tok-a"),
+        "a",
+    )
+    assert (found[OTHER]["source"], found[OTHER]["fingerprint"]) == ("body", sha12("tok-b"))
+    assert (found[THIRD]["source"], found[THIRD]["fingerprint"]) == (
+        "provider_data",
+        sha12("tok-c"),
+    )
+    assert all(e["shadowed"] == [] for e in found.values())
+
+
+@pytest.mark.anyio
+async def test_tool_runtime_default_credential_gets_its_event(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    app = make_app()
+    async with client(app) as c:
+        await c.post("/v1/tool-runtime/invoke", json={"authorization": "rt-tok"})
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert event["server_url"] is None
+    assert event["server_label"] is None
+    assert event["source"] == "body"
+    assert event["fingerprint"] == sha12("rt-tok")
+    assert event["path"] == "/v1/tool-runtime/invoke"
+
+
+SHADOWING = {
+    "body-over-provider-data": (
+        MCPAuthConfig(),
+        {},
+        "body",
+        ["provider_data"],
+    ),
+    "body-over-both": (
+        MCPAuthConfig(server_headers=True),
+        {"X-MCP-docs-Authorization": "Bearer hdr"},
+        "body",
+        ["server_header", "provider_data"],
+    ),
+    "provider-data-first": (
+        MCPAuthConfig(server_headers=True, precedence=("provider_data", "server_header", "body")),
+        {"X-MCP-docs-Authorization": "Bearer hdr"},
+        "provider_data",
+        ["server_header", "body"],
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("config", "extra_headers", "winner", "shadowed"), SHADOWING.values(), ids=SHADOWING.keys()
+)
+async def test_shadowed_sources_are_listed_in_precedence_order(
+    config: MCPAuthConfig,
+    extra_headers: dict[str, str],
+    winner: str,
+    shadowed: list[str],
+    audit_log: list[dict[str, Any]],
+) -> None:
+    app = make_app(config)
+    headers = {**provider_data({URL: {"Authorization": "Bearer pd"}}), **extra_headers}
+    async with client(app) as c:
+        r = await c.post(
+            PATH, json={"tools": [mcp_tool(URL, token="body", label="docs")]}, headers=headers
+        )
+    assert r.status_code == 200
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert event["source"] == winner
+    assert event["shadowed"] == shadowed
+    tokens = {"body": "body", "provider_data": "pd", "server_header": "hdr"}
+    assert event["fingerprint"] == sha12(tokens[winner])
+
+
+REJECTIONS = {
+    "authorization-in-headers": (
+        MCPAuthConfig(),
+        {"tools": [mcp_tool(URL, headers={"Authorization": "Bearer x"})]},
+        {},
+        ("authorization_in_headers", "tools[0].headers", "body"),
+    ),
+    "invalid-body-token": (
+        MCPAuthConfig(),
+        {"tools": [mcp_tool(URL, token="a b")]},
+        {},
+        ("invalid_authorization", "tools[0].authorization", "body"),
+    ),
+    "conflicting": (
+        MCPAuthConfig(),
+        {"tools": [mcp_tool(URL, token="t1"), mcp_tool(URL + "/", token="t2", label="x")]},
+        {},
+        ("conflicting_credentials", "tools[1].server_url", "body"),
+    ),
+    "invalid-provider-data": (
+        MCPAuthConfig(),
+        {},
+        {PROVIDER_DATA: "[1, 2]"},
+        ("invalid_provider_data", PROVIDER_DATA, "provider_data"),
+    ),
+    "provider-data-rejected": (
+        MCPAuthConfig(provider_data=ProviderDataMode.REJECT),
+        {},
+        provider_data({URL: {"Authorization": "Bearer t"}}),
+        ("authorization_in_provider_data", PROVIDER_DATA, "provider_data"),
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("config", "body", "headers", "expected"), REJECTIONS.values(), ids=REJECTIONS.keys()
+)
+async def test_rejection_event_names_code_param_and_source(
+    config: MCPAuthConfig,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    expected: tuple[str, str, str],
+    audit_log: list[dict[str, Any]],
+) -> None:
+    app = make_app(config)
+    async with client(app) as c:
+        r = await c.post(PATH, json=body, headers={"X-Request-ID": "rq-1", **headers})
+    assert r.status_code == 400
+    [event] = events(audit_log, CREDENTIAL_REJECTED)
+    assert set(event) >= REJECTED_FIELDS
+    assert (event["code"], event["param"], event["source"]) == expected
+    assert (event["method"], event["path"], event["request_id"]) == ("POST", PATH, "rq-1")
+    assert r.json()["error"]["code"] == expected[0]
+    assert events(audit_log, CREDENTIAL_RESOLVED) == []
+
+
+@pytest.mark.anyio
+async def test_body_too_large_is_audited_as_a_rejection(audit_log: list[dict[str, Any]]) -> None:
+    app = make_app(MCPAuthConfig(max_body_bytes=64))
+    async with client(app) as c:
+        r = await c.post(PATH, json={"tools": [mcp_tool(URL, token="x" * 100)]})
+    assert r.status_code == 413
+    [event] = events(audit_log, CREDENTIAL_REJECTED)
+    assert event["code"] == "body_too_large"
+    assert event["path"] == PATH
+
+
+@pytest.mark.anyio
+async def test_audit_off_emits_nothing(audit_log: list[dict[str, Any]]) -> None:
+    app = make_app(MCPAuthConfig(audit=False))
+    async with client(app) as c:
+        ok = await c.post(
+            PATH,
+            json={"tools": [mcp_tool(URL, token="tok")]},
+            headers=provider_data({OTHER: {"Authorization": "Bearer pd"}}),
+        )
+        bad = await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    assert ok.status_code == 200
+    assert len(ok.json()["credentials"]) == 2  # there was something to audit
+    assert bad.status_code == 400
+    assert events(audit_log, CREDENTIAL_RESOLVED) == []
+    assert events(audit_log, CREDENTIAL_REJECTED) == []
+
+
+@pytest.mark.anyio
+async def test_server_url_is_logged_without_its_query_string(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    url = "https://mcp.example.com/mcp?api_key=query-secret-123&tenant=acme"
+    app = make_app()
+    async with client(app) as c:
+        r = await c.post(PATH, json={"tools": [mcp_tool(url, token="tok")]})
+    assert r.status_code == 200
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    logged = event["server_url"]
+    assert logged.startswith("https://mcp.example.com/mcp")
+    assert "query-secret-123" not in logged
+    assert "api_key" not in logged
+    assert "tenant" not in logged
+    assert "query-secret-123" not in json.dumps(audit_log, default=repr)
+
+
+@pytest.mark.anyio
+async def test_request_id_is_none_without_a_header(audit_log: list[dict[str, Any]]) -> None:
+    app = make_app()
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert event["request_id"] is None
+
+
+@pytest.mark.anyio
+async def test_request_id_comes_from_asgi_correlation_id_when_installed_outside(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    """With no X-Request-ID sent, the id is the one CorrelationIdMiddleware generated."""
+    app = make_app()
+    app.add_middleware(CorrelationIdMiddleware)  # added last: outermost
+    async with client(app) as c:
+        generated = await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+        sent_id = uuid.uuid4().hex
+        passed = await c.post(
+            PATH, json={"tools": [mcp_tool(URL)]}, headers={"X-Request-ID": sent_id}
+        )
+    first, second = events(audit_log, CREDENTIAL_RESOLVED)
+    assert first["request_id"]
+    assert first["request_id"] == generated.headers["X-Request-ID"]
+    assert second["request_id"] == sent_id == passed.headers["X-Request-ID"]
+
+
+@pytest.mark.anyio
+async def test_rejection_request_id_comes_from_asgi_correlation_id(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    app = make_app()
+    app.add_middleware(CorrelationIdMiddleware)
+    async with client(app) as c:
+        r = await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    [event] = events(audit_log, CREDENTIAL_REJECTED)
+    assert event["request_id"]
+    assert event["request_id"] == r.headers["X-Request-ID"]
+
+
+@pytest.fixture
+def logger_names() -> Iterator[tuple[list[tuple[Any, ...]], list[Any]]]:
+    """structlog configured with a logger factory that records the names it is asked for."""
+    names: list[tuple[Any, ...]] = []
+    capture = LogCapture()
+
+    def factory(*args: Any) -> Any:
+        names.append(args)
+        return structlog.PrintLogger()
+
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[capture], logger_factory=factory, cache_logger_on_first_use=False
+    )
+    try:
+        yield names, capture.entries
+    finally:
+        structlog.configure(**old)
+
+
+@pytest.mark.anyio
+async def test_events_go_to_the_audit_logger(
+    logger_names: tuple[list[tuple[Any, ...]], list[dict[str, Any]]],
+) -> None:
+    names, entries = logger_names
+    app = make_app()
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    assert [e["event"] for e in entries] == [CREDENTIAL_RESOLVED, CREDENTIAL_REJECTED]
+    assert names
+    assert all(args[:1] == (AUDIT_LOGGER,) for args in names)
+
+
+@pytest.fixture
+def stdlib_structlog() -> Iterator[None]:
+    """structlog routed to the standard library, as most deployments run it."""
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**old)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("stdlib_structlog")
+async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = make_app()
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]}, headers={"X-Request-ID": "r1"})
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    audit = [r for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert len(audit) == 2
+    resolved, rejected = (json.loads(r.getMessage()) for r in audit)
+    assert resolved["event"] == CREDENTIAL_RESOLVED
+    assert resolved["request_id"] == "r1"
+    assert rejected["event"] == CREDENTIAL_REJECTED
+    assert rejected["code"] == "invalid_authorization"
+    # A refusal is worth more attention than a success.
+    assert audit[1].levelno >= audit[0].levelno >= logging.INFO
