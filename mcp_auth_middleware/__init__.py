@@ -3,6 +3,8 @@
 See SPEC-level documentation in ``docs/`` and the README for the contract.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from mcp_auth_middleware.audit import AUDIT_LOGGER, CREDENTIAL_REJECTED, CREDENTIAL_RESOLVED
 from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import current_credentials, use_credentials
@@ -11,6 +13,9 @@ from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
 from mcp_auth_middleware.errors import CredentialRejected
 from mcp_auth_middleware.middleware import MCPAuthMiddleware
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
+
+if _TYPE_CHECKING:
+    from mcp_auth_middleware.sessions import MCPSessionPool, MCPSessionPoolStats
 
 __version__ = "0.1.0"
 
@@ -27,9 +32,20 @@ __all__ = [
     "MCPCredential",
     "MCPCredentialSource",
     "MCPCredentials",
+    "MCPSessionPool",
+    "MCPSessionPoolStats",
     "ProviderDataMode",
     "SourceRequest",
     "current_credentials",
     "mcp_headers",
     "use_credentials",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The session pool needs the optional ``mcp`` package: import it only when asked for.
+    if name in ("MCPSessionPool", "MCPSessionPoolStats"):
+        from mcp_auth_middleware import sessions
+
+        return getattr(sessions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -299,3 +299,20 @@ async def test_add_middleware_works(framework: Any, config: MCPAuthConfig | None
     [cred] = r.json()["credentials"]
     assert cred["token"] == "tok-1"
     assert cred["server_url"] == URL
+
+
+def test_importing_the_package_does_not_import_the_optional_mcp_sdk() -> None:
+    """``mcp`` is optional: only ``MCPSessionPool`` (imported lazily) needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mcp_auth_middleware as m\n"
+        "assert 'mcp' not in sys.modules, 'imported early'\n"
+        "assert m.MCPSessionPool.__name__ == 'MCPSessionPool'\n"
+        "assert 'mcp' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -145,7 +145,11 @@ def parse_token(value: Any, *, param: str, source: str, require_bearer: bool) ->
     with ``require_bearer`` nothing else is accepted. The token must be 1 to 8192 printable
     ASCII characters without whitespace. The value never appears in the error.
     """
-    if not isinstance(value, str) or len(value) > MAX_TOKEN_LENGTH:
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_TOKEN_LENGTH
+        or value.lower() == "bearer"  # a scheme with no token: a caller's mistake
+    ):
         raise CredentialRejected(INVALID_AUTHORIZATION, param, source=source)
     if value[:7].lower() == "bearer ":
         token = value[7:].lstrip(" ")

@@ -11,7 +11,9 @@ msgspec resolves ``\\u`` escapes in keys and keeps the last of duplicate keys, a
 
 from __future__ import annotations
 
+import codecs
 import json
+import sys
 import unicodedata
 from collections.abc import Iterable
 from typing import Any, Final
@@ -46,22 +48,59 @@ def parse_body(body: bytes) -> ParsedBody | None:
     """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object."""
     try:
         envelope = _decode(body)
-        tools, authorization, endpoint = (
-            envelope.tools,
-            envelope.authorization,
-            envelope.mcp_endpoint,
-        )
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return None  # the application cannot parse it either
-        if not isinstance(document, dict):
-            return None
-        tools = document.get("tools")
-        authorization = document.get("authorization")
-        endpoint = document.get("mcp_endpoint")
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return _parse_with_json(body)
+    tools, authorization, endpoint = envelope.tools, envelope.authorization, envelope.mcp_endpoint
+    if tools is None and authorization is None and endpoint is None:
+        return _EMPTY  # json.loads would find nothing either, or refuse the body
+    if _may_differ(body):
+        return _parse_with_json(body)
     return ParsedBody(_mcp_tools(tools), authorization, endpoint)
+
+
+_EMPTY = ParsedBody()
+_SLICE = 1 << 20
+_DIGITS = bytes(1 if 0x30 <= b <= 0x39 else 0 for b in range(256))
+
+
+def _parse_with_json(body: bytes) -> ParsedBody | None:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # the application cannot parse it either
+    if not isinstance(document, dict):
+        return None
+    return ParsedBody(
+        _mcp_tools(document.get("tools")),
+        document.get("authorization"),
+        document.get("mcp_endpoint"),
+    )
+
+
+def _may_differ(body: bytes) -> bool:
+    """Whether ``json.loads`` might refuse (or read otherwise) a body msgspec accepted.
+
+    msgspec skips the fields we do not name without checking their UTF-8, and reads integers
+    of any length; ``json.loads`` refuses invalid UTF-8 (it lets UTF-8-encoded surrogates
+    through) and integers longer than ``sys.get_int_max_str_digits()``. Both checks work in
+    1 MiB slices, so they cost no memory beyond a slice.
+    """
+    view = memoryview(body)
+    if not body.isascii():
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            for start in range(0, len(body), _SLICE):
+                decoder.decode(view[start : start + _SLICE])
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return True
+    limit = sys.get_int_max_str_digits()
+    if limit and len(body) > limit:
+        run = b"\x01" * (limit + 1)
+        for start in range(0, len(body), _SLICE):
+            if run in bytes(view[max(0, start - limit) : start + _SLICE]).translate(_DIGITS):
+                return True
+    return False
 
 
 def _mcp_tools(tools: Any) -> tuple[MCPTool, ...]:
