@@ -1,0 +1,305 @@
+"""Configuration (SPEC §7): defaults, constructor and environment validation, on/off, paths."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_auth_middleware import (
+    MCPAuthConfig,
+    MCPAuthMiddleware,
+    ProviderDataMode,
+    current_credentials,
+)
+from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+
+URL = "https://mcp.example.com/mcp"
+
+
+# --- defaults and the constructor -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "default"),
+    [
+        ("enabled", True),
+        ("body", True),
+        ("provider_data", "accept"),
+        ("provider_data_header", "X-LlamaStack-Provider-Data"),
+        ("server_headers", False),
+        ("precedence", ("body", "server_header", "provider_data")),
+        ("paths", None),
+        ("max_body_bytes", 16 * 1024 * 1024),
+        ("redact_body", False),
+        ("audit", True),
+    ],
+)
+def test_defaults_are_the_spec_table(field: str, default: Any) -> None:
+    assert getattr(MCPAuthConfig(), field) == default
+
+
+def test_config_is_immutable() -> None:
+    config = MCPAuthConfig()
+    with pytest.raises(ValueError, match="frozen"):
+        config.enabled = False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        pytest.param({"precedence": ("body", "vault")}, "precedence", id="unknown-source"),
+        pytest.param({"precedence": ("body", "body")}, "precedence", id="duplicate-source"),
+        pytest.param(
+            {"precedence": ("provider_data", "PROVIDER_DATA")}, "precedence", id="wrong-case"
+        ),
+        pytest.param({"max_body_bytes": 0}, "max_body_bytes", id="max_body_bytes-0"),
+        pytest.param({"max_body_bytes": -1}, "max_body_bytes", id="max_body_bytes-negative"),
+        pytest.param({"provider_data": "allow"}, "provider_data", id="provider_data-mode"),
+        pytest.param(
+            {"provider_data_header": "X Provider Data"}, "provider_data_header", id="header-space"
+        ),
+        pytest.param({"provider_data_header": ""}, "provider_data_header", id="header-empty"),
+        pytest.param(
+            {"provider_data_header": "X-Provider:Data"}, "provider_data_header", id="header-colon"
+        ),
+        pytest.param(
+            {"provider_data_header": "X-Pr\u00f6vider-Data"},
+            "provider_data_header",
+            id="header-utf8",
+        ),
+        pytest.param({"paths": ("v1/responses",)}, "paths", id="path-relative"),
+        pytest.param({"paths": ("/v1/*", "*/invoke")}, "paths", id="path-glob-first"),
+        pytest.param({"unknown_setting": True}, "unknown_setting", id="unknown-field"),
+    ],
+)
+def test_bad_constructor_value_fails_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        MCPAuthConfig(**kwargs)
+
+
+# --- the environment ------------------------------------------------------------------------
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    assert MCPAuthConfig.from_env({}) == MCPAuthConfig()
+
+
+def test_variables_of_other_programs_are_ignored() -> None:
+    environ = {"PATH": "/usr/bin", "MCP_AUTHX": "1", "MCP_SERVER_URL": "https://x"}
+    assert MCPAuthConfig.from_env(environ) == MCPAuthConfig()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("MCP_AUTH_ENABLED", "false", "enabled", False),
+        ("MCP_AUTH_ENABLED", "0", "enabled", False),
+        ("MCP_AUTH_ENABLED", "true", "enabled", True),
+        ("MCP_AUTH_BODY", "false", "body", False),
+        ("MCP_AUTH_BODY", "off", "body", False),
+        ("MCP_AUTH_PROVIDER_DATA", "reject", "provider_data", "reject"),
+        ("MCP_AUTH_PROVIDER_DATA", "ignore", "provider_data", "ignore"),
+        ("MCP_AUTH_PROVIDER_DATA", "accept", "provider_data", "accept"),
+        (
+            "MCP_AUTH_PROVIDER_DATA_HEADER",
+            "X-OGX-Provider-Data",
+            "provider_data_header",
+            "X-OGX-Provider-Data",
+        ),
+        ("MCP_AUTH_SERVER_HEADERS", "true", "server_headers", True),
+        ("MCP_AUTH_SERVER_HEADERS", "1", "server_headers", True),
+        (
+            "MCP_AUTH_PRECEDENCE",
+            "provider_data,body,server_header",
+            "precedence",
+            ("provider_data", "body", "server_header"),
+        ),
+        ("MCP_AUTH_PRECEDENCE", " server_header , body ", "precedence", ("server_header", "body")),
+        (
+            "MCP_AUTH_PATHS",
+            "/v1/responses,/v1/tool-runtime/*",
+            "paths",
+            ("/v1/responses", "/v1/tool-runtime/*"),
+        ),
+        ("MCP_AUTH_PATHS", "/v1/*", "paths", ("/v1/*",)),
+        ("MCP_AUTH_MAX_BODY_BYTES", "1048576", "max_body_bytes", 1048576),
+        ("MCP_AUTH_MAX_BODY_BYTES", "1", "max_body_bytes", 1),
+        ("MCP_AUTH_REDACT_BODY", "true", "redact_body", True),
+        ("MCP_AUTH_AUDIT", "false", "audit", False),
+    ],
+)
+def test_each_variable_parses(variable: str, value: str, field: str, expected: Any) -> None:
+    config = MCPAuthConfig.from_env({variable: value})
+    assert getattr(config, field) == expected
+    others = {k: v for k, v in MCPAuthConfig().model_dump().items() if k != field}
+    assert {k: v for k, v in config.model_dump().items() if k != field} == others
+
+
+def test_all_variables_together() -> None:
+    config = MCPAuthConfig.from_env(
+        {
+            "MCP_AUTH_ENABLED": "true",
+            "MCP_AUTH_BODY": "true",
+            "MCP_AUTH_PROVIDER_DATA": "reject",
+            "MCP_AUTH_PROVIDER_DATA_HEADER": "X-OGX-Provider-Data",
+            "MCP_AUTH_SERVER_HEADERS": "true",
+            "MCP_AUTH_PRECEDENCE": "server_header,body,provider_data",
+            "MCP_AUTH_PATHS": "/v1/responses",
+            "MCP_AUTH_MAX_BODY_BYTES": "2048",
+            "MCP_AUTH_REDACT_BODY": "true",
+            "MCP_AUTH_AUDIT": "false",
+        }
+    )
+    assert config == MCPAuthConfig(
+        provider_data=ProviderDataMode.REJECT,
+        provider_data_header="X-OGX-Provider-Data",
+        server_headers=True,
+        precedence=("server_header", "body", "provider_data"),
+        paths=("/v1/responses",),
+        max_body_bytes=2048,
+        redact_body=True,
+        audit=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MCP_AUTH_ENABLED", "maybe"),
+        ("MCP_AUTH_BODY", "sometimes"),
+        ("MCP_AUTH_PROVIDER_DATA", "allow"),
+        ("MCP_AUTH_PROVIDER_DATA_HEADER", "X Provider Data"),
+        ("MCP_AUTH_SERVER_HEADERS", "perhaps"),
+        ("MCP_AUTH_PRECEDENCE", "body,vault"),
+        ("MCP_AUTH_PRECEDENCE", "body,body"),
+        ("MCP_AUTH_PATHS", "v1/responses"),
+        ("MCP_AUTH_MAX_BODY_BYTES", "lots"),
+        ("MCP_AUTH_MAX_BODY_BYTES", "16MiB"),
+        ("MCP_AUTH_MAX_BODY_BYTES", "0"),
+        ("MCP_AUTH_MAX_BODY_BYTES", "-1"),
+        ("MCP_AUTH_REDACT_BODY", "yes please"),
+        ("MCP_AUTH_AUDIT", "loud"),
+    ],
+)
+def test_bad_value_fails_naming_the_variable(variable: str, value: str) -> None:
+    # (?!\w): the variable itself, not a longer one that starts with its name
+    with pytest.raises(ValueError, match=rf"{variable}(?!\w)"):
+        MCPAuthConfig.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    "variable", ["MCP_AUTH_ENABLE", "MCP_AUTH_SERVER_HEADER", "MCP_AUTH_SOURCES", "MCP_AUTH_"]
+)
+def test_unknown_variable_fails_naming_it(variable: str) -> None:
+    with pytest.raises(ValueError, match=rf"{variable}(?!\w)"):
+        MCPAuthConfig.from_env({variable: "true"})
+
+
+# --- enabled=False --------------------------------------------------------------------------
+
+
+class RawApp:
+    """A bare ASGI app that records what it was called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Scope, Receive, int]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls.append((scope, receive, len(current_credentials())))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.anyio
+async def test_disabled_middleware_hands_over_the_very_scope_and_receive() -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw, config=MCPAuthConfig(enabled=False))
+    body = json.dumps({"tools": [mcp_tool(URL, "tok", headers={"Authorization": "x"})]}).encode()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/responses",
+        "headers": [(b"content-type", b"application/json")],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert raw.calls == [(scope, receive, 0)]
+    assert raw.calls[0][0] is scope
+    assert raw.calls[0][1] is receive
+    assert sent[0]["status"] == 200
+
+
+@pytest.mark.anyio
+async def test_disabled_middleware_lets_a_smuggled_authorization_through() -> None:
+    recorder = Recorder()
+    app = make_app(MCPAuthConfig(enabled=False), recorder)
+    body = {"tools": [mcp_tool(URL, "tok", headers={"Authorization": "Bearer smuggled"})]}
+    async with client(app) as c:
+        response = await c.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == []
+    assert json.loads(recorder.calls[0]["body"]) == body
+
+
+@pytest.mark.anyio
+async def test_disabled_middleware_reads_no_provider_data() -> None:
+    recorder = Recorder()
+    app = make_app(MCPAuthConfig(enabled=False), recorder)
+    async with client(app) as c:
+        response = await c.post("/v1/responses", json={}, headers={PROVIDER_DATA: "{not json"})
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == []
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+PATHS = MCPAuthConfig(paths=("/v1/responses", "/v1/tool-runtime/*"))
+BAD = {"tools": [mcp_tool(URL, "not a token")]}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "path", ["/v1/other", "/v1/responses/abc", "/v2/responses", "/v1/tool-runtime", "/"]
+)
+async def test_paths_outside_the_patterns_pass_through_even_with_bad_credentials(
+    path: str,
+) -> None:
+    recorder = Recorder()
+    async with client(make_app(PATHS, recorder)) as c:
+        response = await c.post(path, json=BAD)
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/tool-runtime/invoke"])
+async def test_paths_matching_a_pattern_are_read(path: str) -> None:
+    recorder = Recorder()
+    async with client(make_app(PATHS, recorder)) as c:
+        refused = await c.post(path, json=BAD)
+        accepted = await c.post(path, json={"tools": [mcp_tool(URL, "tok-p")]})
+    assert refused.status_code == 400
+    assert accepted.status_code == 200
+    assert [c["token"] for c in recorder.calls[0]["credentials"]] == ["tok-p"]
+    assert len(recorder.calls) == 1
+
+
+@pytest.mark.anyio
+async def test_paths_from_the_environment_restrict_reading() -> None:
+    config = MCPAuthConfig.from_env({"MCP_AUTH_PATHS": "/v1/tool-runtime/*"})
+    recorder = Recorder()
+    async with client(make_app(config, recorder)) as c:
+        passed = await c.post("/v1/responses", json=BAD)
+        refused = await c.post("/v1/tool-runtime/invoke", json=BAD)
+    assert (passed.status_code, refused.status_code) == (200, 400)

@@ -1,0 +1,183 @@
+"""Precedence (SPEC §4): per server, the first source in ``config.precedence`` wins.
+
+Which credential won is read from what the application sees; the audit trail of shadowing is
+tested with the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from mcp_auth_middleware import MCPAuthConfig, ProviderDataMode
+from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+
+URL = "https://mcp.example.com/mcp"
+SAME_URL = "https://MCP.example.com:443/mcp/"  # the same server, written differently
+OTHER_URL = "https://other.example.com/mcp"
+
+
+def provider(mapping: dict[str, str], **extra_headers: str) -> dict[str, str]:
+    return {
+        PROVIDER_DATA: json.dumps(
+            {
+                "mcp_headers": {
+                    url: {"Authorization": f"Bearer {token}", **extra_headers}
+                    for url, token in mapping.items()
+                }
+            }
+        )
+    }
+
+
+async def seen(
+    config: MCPAuthConfig, body: Any, headers: dict[str, str]
+) -> list[tuple[str | None, str, str]]:
+    """(server_url, source, token) of each credential the application sees."""
+    recorder = Recorder()
+    app = make_app(config, recorder)
+    async with client(app) as c:
+        response = await c.post("/v1/responses", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    (call,) = recorder.calls
+    return sorted((c["server_url"], c["source"], c["token"]) for c in call["credentials"])
+
+
+ALL_ON = MCPAuthConfig(server_headers=True)
+
+
+def test_default_order_is_body_then_server_header_then_provider_data() -> None:
+    assert MCPAuthConfig().precedence == ("body", "server_header", "provider_data")
+
+
+@pytest.mark.anyio
+async def test_body_shadows_provider_data_for_the_same_server() -> None:
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    got = await seen(ALL_ON, body, provider({SAME_URL: "from-pd"}))
+    assert got == [(URL, "body", "from-body")]
+
+
+@pytest.mark.anyio
+async def test_body_shadows_server_header_for_the_same_server() -> None:
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    got = await seen(ALL_ON, body, {"X-MCP-srv-Authorization": "Bearer from-header"})
+    assert got == [(URL, "body", "from-body")]
+
+
+@pytest.mark.anyio
+async def test_server_header_shadows_provider_data_for_the_same_server() -> None:
+    body = {"tools": [mcp_tool(URL, ..., "srv")]}
+    headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({SAME_URL: "from-pd"})}
+    got = await seen(ALL_ON, body, headers)
+    assert got == [(URL, "server_header", "from-header")]
+
+
+@pytest.mark.anyio
+async def test_all_three_for_one_server_the_body_wins() -> None:
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({URL: "from-pd"})}
+    got = await seen(ALL_ON, body, headers)
+    assert got == [(URL, "body", "from-body")]
+
+
+@pytest.mark.anyio
+async def test_the_winner_is_taken_whole_not_merged_with_the_shadowed() -> None:
+    """A shadowed provider-data entry's extra headers do not ride along with the body's token."""
+    recorder = Recorder()
+    app = make_app(ALL_ON, recorder)
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    async with client(app) as c:
+        response = await c.post(
+            "/v1/responses", json=body, headers=provider({URL: "from-pd"}, **{"X-Tenant": "t"})
+        )
+    assert response.status_code == 200
+    (cred,) = recorder.calls[0]["credentials"]
+    assert (cred["token"], cred["headers"]) == ("from-body", {})
+
+
+@pytest.mark.anyio
+async def test_different_servers_from_different_sources_all_apply() -> None:
+    third = "https://third.example.com/mcp"
+    body = {"tools": [mcp_tool(URL, "from-body", "a"), mcp_tool(OTHER_URL, ..., "b")]}
+    headers = {"X-MCP-b-Authorization": "Bearer from-header", **provider({third: "from-pd"})}
+    got = await seen(ALL_ON, body, headers)
+    assert got == [
+        (URL, "body", "from-body"),
+        (OTHER_URL, "server_header", "from-header"),
+        (third, "provider_data", "from-pd"),
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("precedence", "winner"),
+    [
+        pytest.param(("body", "server_header", "provider_data"), "body", id="default"),
+        pytest.param(("provider_data", "body", "server_header"), "provider_data", id="pd-first"),
+        pytest.param(("server_header", "provider_data", "body"), "server_header", id="sh-first"),
+        pytest.param(("provider_data", "server_header", "body"), "provider_data", id="body-last"),
+        pytest.param(("body", "provider_data", "server_header"), "body", id="sh-last"),
+    ],
+)
+async def test_custom_order_decides_the_winner(precedence: tuple[str, ...], winner: str) -> None:
+    config = MCPAuthConfig(server_headers=True, precedence=precedence)
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({SAME_URL: "from-pd"})}
+    got = await seen(config, body, headers)
+    tokens = {"body": "from-body", "server_header": "from-header", "provider_data": "from-pd"}
+    assert [(source, token) for _, source, token in got] == [(winner, tokens[winner])]
+
+
+@pytest.mark.anyio
+async def test_custom_order_applies_per_server() -> None:
+    """Provider data first: it wins where it has a credential, the body supplies the rest."""
+    config = MCPAuthConfig(precedence=("provider_data", "body", "server_header"))
+    body = {"tools": [mcp_tool(URL, "b1", "a"), mcp_tool(OTHER_URL, "b2", "b")]}
+    got = await seen(config, body, provider({URL: "p1"}))
+    assert got == [(URL, "provider_data", "p1"), (OTHER_URL, "body", "b2")]
+
+
+# --- disabled sources -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_disabled_body_supplies_nothing_and_lower_sources_apply() -> None:
+    config = MCPAuthConfig(body=False)
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")], "authorization": "from-body-top"}
+    got = await seen(config, body, provider({URL: "from-pd"}))
+    assert got == [(URL, "provider_data", "from-pd")]
+
+
+@pytest.mark.anyio
+async def test_disabled_body_judges_no_body_token() -> None:
+    """With the body source off, the body's ``authorization`` is not read, so not refused."""
+    config = MCPAuthConfig(body=False)
+    body = {"tools": [mcp_tool(URL, "not a token", "srv")]}
+    assert await seen(config, body, {}) == []
+
+
+@pytest.mark.anyio
+async def test_ignored_provider_data_supplies_nothing() -> None:
+    config = MCPAuthConfig(provider_data=ProviderDataMode.IGNORE)
+    body = {"tools": [mcp_tool(URL, ..., "srv")]}
+    got = await seen(config, body, provider({URL: "from-pd", OTHER_URL: "from-pd-2"}))
+    assert got == []
+
+
+@pytest.mark.anyio
+async def test_disabled_server_headers_supply_nothing() -> None:
+    config = MCPAuthConfig(server_headers=False)
+    body = {"tools": [mcp_tool(URL, ..., "srv")]}
+    headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({URL: "from-pd"})}
+    got = await seen(config, body, headers)
+    assert got == [(URL, "provider_data", "from-pd")]
+
+
+@pytest.mark.anyio
+async def test_with_every_source_disabled_nothing_is_scoped() -> None:
+    config = MCPAuthConfig(body=False, provider_data=ProviderDataMode.IGNORE, server_headers=False)
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")], "authorization": "from-body-top"}
+    headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({URL: "from-pd"})}
+    assert await seen(config, body, headers) == []

@@ -1,0 +1,144 @@
+"""Per-server headers (SPEC §3): ``X-MCP-<server_label>-Authorization: Bearer <token>``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from mcp_auth_middleware import MCPAuthConfig
+from tests.helpers import Recorder, client, make_app, mcp_tool
+
+URL = "https://mcp.example.com/mcp"
+OTHER_URL = "https://other.example.com/mcp"
+ON = MCPAuthConfig(server_headers=True)
+
+
+async def post(
+    headers: dict[str, str], body: Any, *, config: MCPAuthConfig | None = ON
+) -> tuple[httpx.Response, Recorder]:
+    recorder = Recorder()
+    app = make_app(config, recorder)
+    async with client(app) as c:
+        response = await c.post("/v1/responses", json=body, headers=headers)
+    return response, recorder
+
+
+def credential(token: str, url: str | None, label: str | None) -> dict[str, Any]:
+    return {
+        "server_url": url,
+        "server_label": label,
+        "source": "server_header",
+        "token": token,
+        "headers": {},
+    }
+
+
+@pytest.mark.anyio
+async def test_server_headers_are_off_by_default() -> None:
+    headers = {"X-MCP-srv-Authorization": "Bearer h1"}
+    response, recorder = await post(
+        headers, {"tools": [mcp_tool(URL, ..., "srv")]}, config=MCPAuthConfig()
+    )
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == []
+
+
+@pytest.mark.anyio
+async def test_off_by_default_means_a_bad_value_is_not_judged_either() -> None:
+    response, recorder = await post(
+        {"X-MCP-srv-Authorization": "not bearer"}, {"tools": []}, config=MCPAuthConfig()
+    )
+    assert response.status_code == 200
+    assert len(recorder.calls) == 1
+
+
+@pytest.mark.anyio
+async def test_header_is_bound_to_the_url_of_the_tool_with_that_label() -> None:
+    tools = [mcp_tool(OTHER_URL, ..., "other"), mcp_tool(URL, ..., "srv")]
+    response, recorder = await post({"X-MCP-srv-Authorization": "Bearer h1"}, {"tools": tools})
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == [credential("h1", URL, "srv")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("header_label", "tool_label"),
+    [
+        pytest.param("SRV", "srv", id="upper-header"),
+        pytest.param("srv", "SRV", id="upper-tool"),
+        pytest.param("GitHub", "github", id="mixed-header"),
+        pytest.param("my-server", "My-Server", id="hyphenated"),
+    ],
+)
+async def test_label_is_matched_case_insensitively(header_label: str, tool_label: str) -> None:
+    headers = {f"X-MCP-{header_label}-Authorization": "Bearer h1"}
+    response, recorder = await post(headers, {"tools": [mcp_tool(URL, ..., tool_label)]})
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == [credential("h1", URL, tool_label)]
+
+
+@pytest.mark.anyio
+async def test_header_name_itself_is_case_insensitive() -> None:
+    headers = {"x-mcp-srv-authorization": "bearer h1"}
+    response, recorder = await post(headers, {"tools": [mcp_tool(URL, ..., "srv")]})
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == [credential("h1", URL, "srv")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"tools": [mcp_tool(URL, ..., "other")]}, id="other-label"),
+        pytest.param({"tools": []}, id="no-tools"),
+        pytest.param({"model": "m"}, id="no-tools-key"),
+    ],
+)
+async def test_label_no_tool_carries_gives_a_label_only_credential(body: Any) -> None:
+    response, recorder = await post({"X-MCP-srv-Authorization": "Bearer h1"}, body)
+    assert response.status_code == 200
+    creds = recorder.calls[0]["credentials"]
+    assert len(creds) == 1
+    assert creds[0]["server_url"] is None
+    assert creds[0]["server_label"].casefold() == "srv"
+    assert (creds[0]["source"], creds[0]["token"]) == ("server_header", "h1")
+    assert recorder.calls[0]["default"] is None
+
+
+@pytest.mark.anyio
+async def test_several_servers_each_get_their_header() -> None:
+    tools = [mcp_tool(URL, ..., "a"), mcp_tool(OTHER_URL, ..., "b")]
+    headers = {"X-MCP-a-Authorization": "Bearer ha", "X-MCP-b-Authorization": "Bearer hb"}
+    response, recorder = await post(headers, {"tools": tools})
+    assert response.status_code == 200
+    assert {(c["server_url"], c["token"]) for c in recorder.calls[0]["credentials"]} == {
+        (URL, "ha"),
+        (OTHER_URL, "hb"),
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("h1", id="no-scheme"),
+        pytest.param("Basic dXNlcjpwYXNz", id="basic"),
+        pytest.param("Bearer", id="Bearer-alone"),
+        pytest.param("Bearer ", id="Bearer-space"),
+        pytest.param("Bearer h1 h2", id="space-in-token"),
+        pytest.param("Bearer " + "h" * 8193, id="too-long"),
+    ],
+)
+async def test_header_requires_bearer_token(value: str) -> None:
+    headers = {"X-MCP-srv-Authorization": value}
+    response, recorder = await post(headers, {"tools": [mcp_tool(URL, ..., "srv")]})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_authorization"
+    assert error["type"] == "invalid_request_error"
+    assert error["param"].casefold() == "x-mcp-srv-authorization"
+    assert "h1" not in response.text
+    assert "dXNlcjpwYXNz" not in response.text
+    assert recorder.calls == []

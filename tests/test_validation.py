@@ -1,0 +1,538 @@
+"""Validation (SPEC §5): bad input gets an OpenAI-style JSON error and the app is not called.
+
+Also what is inspected at all (SPEC §3): JSON bodies on POST, PUT and PATCH; everything else
+goes to the application with the server's own ``receive``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_auth_middleware import (
+    MCPAuthConfig,
+    MCPAuthMiddleware,
+    ProviderDataMode,
+    current_credentials,
+)
+from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+
+URL = "https://mcp.example.com/mcp"
+OTHER_URL = "https://other.example.com/mcp"
+SECRET = "s3cr3t"  # every fake token below contains it: no error may repeat it
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: a request and the rejection it must get."""
+
+    body: Any
+    code: str
+    param: str | None
+    status: int = 400
+    headers: dict[str, str] = field(default_factory=dict)
+    config: MCPAuthConfig | None = None
+
+
+def tools_body(*tools: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "m", "input": "hi", "tools": list(tools)}
+
+
+def pd(entries: Any, **other: Any) -> dict[str, str]:
+    return {PROVIDER_DATA: json.dumps({"mcp_headers": entries, **other})}
+
+
+# Values of ``authorization`` that are refused wherever they appear.
+BAD_TOKENS: list[tuple[str, Any]] = [  # (id, value)
+    ("int", 12345),
+    ("float", 1.5),
+    ("list", [SECRET]),
+    ("dict", {"token": SECRET}),
+    ("true", True),
+    ("false", False),
+    ("8193-chars", SECRET + "x" * (8193 - len(SECRET))),
+    ("space", SECRET + " tok"),
+    ("tab", SECRET + "\ttok"),
+    ("leading-space", " " + SECRET),
+    ("trailing-space", SECRET + " "),
+    ("CR", SECRET + "\rtok"),
+    ("LF", SECRET + "\ntok"),
+    ("CRLF-header-injection", SECRET + "\r\nX-Injected: 1"),
+    ("NUL", SECRET + "\x00"),
+    ("DEL", SECRET + "\x7f"),
+    ("ESC", SECRET + "\x1b[0m"),
+    ("BEL", SECRET + "\x07"),
+    ("VT", SECRET + "\x0b"),
+    ("FF", SECRET + "\x0c"),
+    ("NEL", SECRET + "\x85"),
+    ("NBSP", SECRET + "\u00a0x"),
+    ("e-acute", SECRET + "\u00e9"),
+    ("emoji", SECRET + "\U0001f600"),
+    ("U+2028", SECRET + "\u2028"),
+    ("full-width-letter", "\uff53" + SECRET),
+    ("Bearer-alone", "Bearer"),
+    ("Bearer-space", "Bearer "),
+    ("Bearer-tab", "Bearer\t" + SECRET),
+    ("Bearer-space-in-token", "Bearer " + SECRET + " x"),
+    ("Bearer-LF", "Bearer " + SECRET + "\n"),
+    ("Bearer-non-ASCII", "Bearer " + SECRET + "\u00e9"),
+    ("Bearer-Bearer", "Bearer Bearer " + SECRET),
+    ("Bearer-8193-chars", "Bearer " + SECRET + "x" * (8193 - 7 - len(SECRET))),
+]
+
+# ``headers`` names that smuggle an Authorization header (any case, look-alikes).
+AUTHORIZATION_NAMES: list[tuple[str, str]] = [  # (id, header name)
+    ("Authorization", "Authorization"),
+    ("lower", "authorization"),
+    ("upper", "AUTHORIZATION"),
+    ("mixed", "aUtHoRiZaTiOn"),
+    ("leading-space", " Authorization"),
+    ("trailing-space", "Authorization "),
+    ("full-width-A", "\uff21uthorization"),
+    (
+        "full-width-all",
+        "\uff21\uff35\uff34\uff28\uff2f\uff32\uff29\uff3a\uff21\uff34\uff29\uff2f\uff2e",
+    ),
+]
+
+CASES: list[Any] = [
+    *(
+        pytest.param(
+            Case(
+                tools_body(
+                    mcp_tool(URL, "tok-ok", "a"),
+                    mcp_tool(
+                        OTHER_URL,
+                        ...,
+                        "b",
+                        headers={"X-Trace": "1", name: "Bearer " + SECRET},
+                    ),
+                ),
+                "authorization_in_headers",
+                "tools[1].headers",
+            ),
+            id=f"authorization_in_headers-{name_id}",
+        )
+        for name_id, name in AUTHORIZATION_NAMES
+    ),
+    pytest.param(
+        Case(
+            tools_body(mcp_tool(URL, SECRET, "a", headers={"Authorization": "Bearer " + SECRET})),
+            "authorization_in_headers",
+            "tools[0].headers",
+        ),
+        id="authorization_in_headers-beside-a-token",
+    ),
+    *(
+        pytest.param(
+            Case(
+                tools_body(mcp_tool(URL, token)),
+                "invalid_authorization",
+                "tools[0].authorization",
+            ),
+            id=f"invalid_authorization-tools-{token_id}",
+        )
+        for token_id, token in BAD_TOKENS
+    ),
+    pytest.param(
+        Case(
+            tools_body(mcp_tool(URL, "tok-ok", "a"), mcp_tool(OTHER_URL, SECRET + " x", "b")),
+            "invalid_authorization",
+            "tools[1].authorization",
+        ),
+        id="invalid_authorization-second-tool",
+    ),
+    *(
+        pytest.param(
+            Case(
+                {"tool_name": "t", "authorization": token},
+                "invalid_authorization",
+                "authorization",
+            ),
+            id=f"invalid_authorization-top-level-{token_id}",
+        )
+        for token_id, token in BAD_TOKENS
+    ),
+    pytest.param(
+        Case(
+            {"authorization": SECRET + "\n", "mcp_endpoint": {"uri": URL}},
+            "invalid_authorization",
+            "authorization",
+        ),
+        id="invalid_authorization-top-level-with-endpoint",
+    ),
+    pytest.param(
+        Case(
+            tools_body(mcp_tool(URL, SECRET + "-1", "a"), mcp_tool(URL + "/", SECRET + "-2", "b")),
+            "conflicting_credentials",
+            "tools[1]",
+        ),
+        id="conflicting_credentials",
+    ),
+    pytest.param(
+        Case(
+            tools_body(mcp_tool("not a url", SECRET)),
+            "invalid_server_url",
+            "tools[0].server_url",
+        ),
+        id="invalid_server_url",
+    ),
+    *(
+        pytest.param(
+            Case(
+                {"model": "m"}, "invalid_provider_data", PROVIDER_DATA, headers={PROVIDER_DATA: v}
+            ),
+            id=f"invalid_provider_data-{name}",
+        )
+        for name, v in [
+            ("not-json", "{" + SECRET),
+            ("not-object", json.dumps(["Bearer " + SECRET])),
+            ("mcp_headers-not-object", json.dumps({"mcp_headers": ["Bearer " + SECRET]})),
+            ("url-not-absolute", json.dumps({"mcp_headers": {"/m": {"Authorization": SECRET}}})),
+            ("value-not-object", json.dumps({"mcp_headers": {URL: "Bearer " + SECRET}})),
+            ("value-not-string", json.dumps({"mcp_headers": {URL: {"Authorization": 1}}})),
+            (
+                "extra-header-CRLF",
+                json.dumps(
+                    {
+                        "mcp_headers": {
+                            URL: {"Authorization": "Bearer " + SECRET, "X-A": "a\r\nB: c"}
+                        }
+                    }
+                ),
+            ),
+            (
+                "extra-header-Host",
+                json.dumps(
+                    {
+                        "mcp_headers": {
+                            URL: {"Authorization": "Bearer " + SECRET, "Host": "evil.example"}
+                        }
+                    }
+                ),
+            ),
+        ]
+    ),
+    *(
+        pytest.param(
+            Case(
+                {"model": "m"},
+                "invalid_authorization",
+                PROVIDER_DATA,
+                headers=pd({URL: {"Authorization": value}}),
+            ),
+            id=f"invalid_authorization-provider-data-{name}",
+        )
+        for name, value in [
+            ("no-Bearer", SECRET),
+            ("Basic", "Basic " + SECRET),
+            ("Bearer-alone", "Bearer"),
+            ("space", "Bearer " + SECRET + " x"),
+            ("LF", "Bearer " + SECRET + "\n"),
+            ("non-ASCII", "Bearer " + SECRET + "\u00e9"),
+            ("8193-chars", "Bearer " + SECRET + "x" * 8186),
+        ]
+    ),
+    pytest.param(
+        Case(
+            {"model": "m"},
+            "authorization_in_provider_data",
+            PROVIDER_DATA,
+            headers=pd({URL: {"Authorization": "Bearer " + SECRET}}),
+            config=MCPAuthConfig(provider_data=ProviderDataMode.REJECT),
+        ),
+        id="authorization_in_provider_data",
+    ),
+    pytest.param(
+        Case(
+            {"model": "m", "input": "x" * 200, "tools": [mcp_tool(URL, SECRET)]},
+            "body_too_large",
+            None,
+            status=413,
+            config=MCPAuthConfig(max_body_bytes=100),
+        ),
+        id="body_too_large-content-length",
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", CASES)
+async def test_bad_input_is_refused_with_an_openai_style_error(case: Case) -> None:
+    recorder = Recorder()
+    app = make_app(case.config, recorder)
+    async with client(app) as c:
+        response = await c.post(
+            "/v1/responses",
+            content=json.dumps(case.body).encode(),
+            headers={"Content-Type": "application/json", **case.headers},
+        )
+    assert response.status_code == case.status
+    assert response.headers["content-type"].startswith("application/json")
+    document = response.json()
+    assert list(document) == ["error"]
+    error = document["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == case.code
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    if case.param is not None:
+        assert error["param"] == case.param or error["param"].startswith(case.param + ".")
+    assert recorder.calls == []
+    assert SECRET not in response.text
+
+
+@pytest.mark.anyio
+async def test_token_of_exactly_8192_characters_is_accepted() -> None:
+    token = "t" * 8192
+    recorder = Recorder()
+    async with client(make_app(None, recorder)) as c:
+        response = await c.post("/v1/responses", json=tools_body(mcp_tool(URL, token)))
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"][0]["token"] == token
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "token",
+    ["abc", "A-Za-z0-9._~+/=", "!#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "eyJhbGciOi.eyJzdWIi.sig"],
+)
+async def test_any_printable_ascii_token_is_accepted(token: str) -> None:
+    recorder = Recorder()
+    async with client(make_app(None, recorder)) as c:
+        response = await c.post("/v1/responses", json=tools_body(mcp_tool(URL, token)))
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"][0]["token"] == token
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "name", ["X-Api-Key", "Proxy-Authorisation", "X-Authorization-Hint", "Authorizations"]
+)
+async def test_other_tool_headers_are_not_refused(name: str) -> None:
+    recorder = Recorder()
+    body = tools_body(mcp_tool(URL, "tok", headers={name: "v"}))
+    async with client(make_app(None, recorder)) as c:
+        response = await c.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    assert len(recorder.calls) == 1
+
+
+# --- driving the ASGI app by hand -----------------------------------------------------------
+
+
+class RawApp:
+    """A bare ASGI app that records the objects it was called with and drains the body."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call: dict[str, Any] = {"scope": scope, "receive": receive}
+        self.calls.append(call)
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        call["body"] = body
+        call["credentials"] = [c.token.get_secret_value() for c in current_credentials()]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def http_scope(
+    method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": "/v1/responses",
+        "raw_path": b"/v1/responses",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers if headers is not None else [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
+def chunked(*chunks: bytes) -> Callable[[], Awaitable[Message]]:
+    """A server ``receive`` that yields ``chunks`` as separate ``http.request`` messages."""
+    pending = list(chunks)
+
+    async def receive() -> Message:
+        if not pending:
+            return {"type": "http.disconnect"}
+        body = pending.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    return receive
+
+
+async def run(
+    app: Any, scope: dict[str, Any], receive: Callable[[], Awaitable[Message]]
+) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def bad_body() -> bytes:
+    return json.dumps(tools_body(mcp_tool(URL, SECRET + " not a token"))).encode()
+
+
+@pytest.mark.anyio
+async def test_chunked_body_over_the_limit_without_content_length_is_refused() -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=100))
+    receive = chunked(b"{" + b" " * 39, b" " * 40, b" " * 39 + b"}")
+    sent = await run(app, http_scope(), receive)
+    assert sent[0]["status"] == 413
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert (error["code"], error["type"]) == ("body_too_large", "invalid_request_error")
+    assert raw.calls == []
+
+
+@pytest.mark.anyio
+async def test_chunked_body_that_outgrows_a_small_content_length_is_refused() -> None:
+    """The cap counts the bytes that arrive, not the bytes announced."""
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=100))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"10")]
+    sent = await run(app, http_scope(headers=headers), chunked(b"{" + b" " * 79, b" " * 79 + b"}"))
+    assert sent[0]["status"] == 413
+    assert raw.calls == []
+
+
+@pytest.mark.anyio
+async def test_chunked_body_under_the_limit_is_read_and_replayed_whole() -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=1000))
+    body = json.dumps(tools_body(mcp_tool(URL, "Bearer tok-chunked"))).encode()
+    chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+    sent = await run(app, http_scope(), chunked(*chunks))
+    assert sent[0]["status"] == 200
+    assert raw.calls[0]["body"] == body
+    assert raw.calls[0]["credentials"] == ["tok-chunked"]
+
+
+@pytest.mark.anyio
+async def test_body_at_exactly_the_limit_is_accepted() -> None:
+    body = json.dumps(tools_body(mcp_tool(URL, "tok"))).encode()
+    recorder = Recorder()
+    app = make_app(MCPAuthConfig(max_body_bytes=len(body)), recorder)
+    async with client(app) as c:
+        response = await c.post(
+            "/v1/responses", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 200
+    assert recorder.calls[0]["body"] == body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("application/json", id="json"),
+        pytest.param("application/json; charset=utf-8", id="json-charset"),
+        pytest.param("application/json;charset=UTF-8", id="json-charset-no-space"),
+        pytest.param("Application/JSON", id="json-upper-case"),
+        pytest.param("application/vnd.x+json", id="vendor-plus-json"),
+        pytest.param("application/vnd.api+json; charset=utf-8", id="vendor-plus-json-charset"),
+        pytest.param(None, id="missing"),
+    ],
+)
+async def test_json_content_types_are_inspected(content_type: str | None) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    recorder = Recorder()
+    async with client(make_app(None, recorder)) as c:
+        refused = await c.post("/v1/responses", content=bad_body(), headers=headers)
+        body = json.dumps(tools_body(mcp_tool(URL, "tok-ct"))).encode()
+        accepted = await c.post("/v1/responses", content=body, headers=headers)
+    assert refused.status_code == 400
+    assert accepted.status_code == 200
+    assert len(recorder.calls) == 1
+    assert recorder.calls[0]["credentials"][0]["token"] == "tok-ct"
+
+
+NOT_JSON = [
+    pytest.param(b"text/plain", id="text-plain"),
+    pytest.param(b"text/plain; charset=utf-8", id="text-plain-charset"),
+    pytest.param(b"multipart/form-data; boundary=xyz", id="multipart"),
+    pytest.param(b"application/x-www-form-urlencoded", id="form"),
+    pytest.param(b"application/octet-stream", id="octet-stream"),
+    pytest.param(b"application/xml", id="xml"),
+    pytest.param(b"application/json-seq", id="json-seq"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("content_type", NOT_JSON)
+async def test_other_content_types_pass_through_with_the_raw_receive(content_type: bytes) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    scope = http_scope(headers=[(b"content-type", content_type)])
+    receive = chunked(bad_body())
+    sent = await run(app, scope, receive)
+    assert sent[0]["status"] == 200
+    assert raw.calls[0]["receive"] is receive
+    assert raw.calls[0]["scope"] is scope
+    assert raw.calls[0]["body"] == bad_body()
+    assert raw.calls[0]["credentials"] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "DELETE", "HEAD", "OPTIONS"])
+async def test_methods_without_a_body_pass_through_with_the_raw_receive(method: str) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw, config=MCPAuthConfig(server_headers=True))
+    scope = http_scope(
+        method,
+        [(b"content-type", b"application/json"), (b"x-mcp-srv-authorization", b"not bearer")],
+    )
+    receive = chunked(bad_body())
+    sent = await run(app, scope, receive)
+    assert sent[0]["status"] == 200
+    assert raw.calls[0]["receive"] is receive
+    assert raw.calls[0]["scope"] is scope
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_body_methods_are_inspected(method: str) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    sent = await run(app, http_scope(method), chunked(bad_body()))
+    assert sent[0]["status"] == 400
+    assert raw.calls == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
+async def test_non_http_scopes_pass_through_untouched(scope_type: str) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    scope: dict[str, Any] = {"type": scope_type, "asgi": {"version": "3.0"}}
+    if scope_type == "websocket":
+        scope.update(path="/ws", headers=[(b"content-type", b"application/json")])
+    receive = chunked(b"")
+    await run(app, scope, receive)
+    assert raw.calls[0]["receive"] is receive
+    assert raw.calls[0]["scope"] is scope
