@@ -94,19 +94,25 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        # The first Content-Type counts, as in Starlette's ``request.headers.get()``: reading
+        # another one than the application reads would let a body slip past the checks.
+        for raw_name, raw_value in scope["headers"]:
+            if raw_name.lower() == b"content-type":
+                if not _JSON.fullmatch(raw_value):
+                    await self.app(scope, receive, send)
+                    return
+                break
         headers: dict[str, list[str]] = {}
-        content_type: bytes | None = None
-        content_length = -1
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
-            if name == "content-type":
-                content_type = raw_value
-            elif name == "content-length" and raw_value.isdigit():
-                content_length = int(raw_value)
-            headers.setdefault(name, []).append(raw_value.decode("latin-1"))
-        if content_type is not None and not _JSON.fullmatch(content_type):
-            await self.app(scope, receive, send)
-            return
+            if name in headers:
+                headers[name].append(raw_value.decode("latin-1"))
+            else:
+                headers[name] = [raw_value.decode("latin-1")]
+        length = headers.get("content-length")
+        content_length = (
+            int(length[0]) if length and length[0].isascii() and length[0].isdigit() else -1
+        )
         await _Request(self, scope, receive, send, headers, content_length).run()
 
 

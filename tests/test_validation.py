@@ -472,6 +472,38 @@ async def test_json_content_types_are_inspected(content_type: str | None) -> Non
     assert recorder.calls[0]["credentials"][0]["token"] == "tok-ct"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("first", "second", "inspected"),
+    [
+        pytest.param(b"application/json", b"text/plain", True, id="json-first"),
+        pytest.param(b"text/plain", b"application/json", False, id="text-first"),
+    ],
+)
+async def test_the_first_content_type_decides_as_in_starlette(
+    first: bytes, second: bytes, inspected: bool
+) -> None:
+    """Starlette's ``request.headers.get()`` reads the first value; so must we."""
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    scope = http_scope(headers=[(b"content-type", first), (b"content-type", second)])
+    sent = await run(app, scope, chunked(bad_body()))
+    assert sent[0]["status"] == (400 if inspected else 200)
+    assert len(raw.calls) == (0 if inspected else 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("length", [b"\xb2", b"12a", b"-1", b""], ids=repr)
+async def test_a_malformed_content_length_is_ignored_not_fatal(length: bytes) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+    body = json.dumps(tools_body(mcp_tool(URL, "tok-cl"))).encode()
+    sent = await run(app, http_scope(headers=headers), chunked(body))
+    assert sent[0]["status"] == 200
+    assert raw.calls[0]["credentials"] == ["tok-cl"]
+
+
 NOT_JSON = [
     pytest.param(b"text/plain", id="text-plain"),
     pytest.param(b"text/plain; charset=utf-8", id="text-plain-charset"),
