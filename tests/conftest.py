@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -32,6 +32,7 @@ def audit_log() -> Iterator[list[dict[str, Any]]]:
     old = structlog.get_config()
     structlog.configure(processors=[capture], cache_logger_on_first_use=False)
     try:
-        yield capture.entries
+        # LogCapture types its entries loosely; they are plain dicts.
+        yield cast(list[dict[str, Any]], capture.entries)
     finally:
         structlog.configure(**old)

@@ -11,7 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware, MCPCredentials, current_credentials
+from mcp_auth_middleware import (
+    MCPAuthConfig,
+    MCPAuthMiddleware,
+    MCPCredentials,
+    current_credentials,
+)
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
 
@@ -53,7 +58,9 @@ def make_app(config: MCPAuthConfig | None = None, recorder: Recorder | None = No
     recorder = recorder or Recorder()
     app = Starlette(
         routes=[
-            Route("/{path:path}", recorder.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+            Route(
+                "/{path:path}", recorder.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+            )
         ]
     )
     app.add_middleware(MCPAuthMiddleware, config=config or MCPAuthConfig())
@@ -65,8 +72,9 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
-def mcp_tool(url: str = "https://mcp.example.com/mcp", token: Any = "tok", label: str = "srv",
-             **extra: Any) -> dict[str, Any]:
+def mcp_tool(
+    url: str = "https://mcp.example.com/mcp", token: Any = "tok", label: str = "srv", **extra: Any
+) -> dict[str, Any]:
     tool: dict[str, Any] = {"type": "mcp", "server_url": url, "server_label": label}
     if token is not ...:
         tool["authorization"] = token

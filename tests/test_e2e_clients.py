@@ -1,0 +1,365 @@
+"""End to end with the real client SDKs: openai / llama-stack-client -> gateway -> MCP server.
+
+Everything runs on 127.0.0.1 under uvicorn: ``examples.gateway`` (FastAPI with
+``MCPAuthMiddleware``) and ``examples.mcp_server``, a real MCP server that verifies bearer
+tokens and records which user each tool call came from. The callers use the SDKs exactly as
+their users would; the MCP server's answer and its record say whose token arrived.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import llama_stack_client
+import openai
+import pytest
+from asgi_correlation_id import CorrelationIdMiddleware
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseMcpCallCompletedEvent,
+    ResponseMcpCallFailedEvent,
+    ResponseMcpCallInProgressEvent,
+    ResponseMcpListToolsCompletedEvent,
+    ResponseMcpListToolsFailedEvent,
+    ResponseMcpListToolsInProgressEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseStreamEvent,
+)
+from openai.types.responses.response_output_item import McpCall, McpListTools
+from starlette.middleware.cors import CORSMiddleware
+
+from examples.gateway import create_app
+from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
+from mcp_auth_middleware import (
+    CREDENTIAL_REJECTED,
+    CREDENTIAL_RESOLVED,
+    MCPAuthConfig,
+    ProviderDataMode,
+)
+from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.errors import AUTHORIZATION_IN_HEADERS, AUTHORIZATION_IN_PROVIDER_DATA
+
+pytestmark = pytest.mark.e2e
+
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-9876543210"
+CAROL = "carol-token-5555555555"
+DAVE = "dave-token-7777777777"
+WRONG = "nobodys-token-000000"
+USERS = {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave"}
+TIMEOUT = 10.0  # per SDK request; the SDKs' retries are off, so every wait is bounded
+
+
+@pytest.fixture
+def mcp() -> RecordingMCPServer:
+    return make_mcp_server(USERS)
+
+
+@pytest.fixture
+def mcp_url(mcp: RecordingMCPServer) -> Iterator[str]:
+    with serve(mcp.server.streamable_http_app()) as base:
+        yield f"{base}/mcp"
+
+
+def _gateway(mcp_url: str, config: MCPAuthConfig) -> Any:
+    return serve(create_app(config, tool_servers={"whoami": mcp_url}))
+
+
+@pytest.fixture
+def gateway(mcp_url: str) -> Iterator[str]:
+    with _gateway(mcp_url, MCPAuthConfig()) as base:
+        yield base
+
+
+def _openai(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{gateway}/v1", api_key="not-used", max_retries=0, timeout=TIMEOUT
+    )
+
+
+def _llama_stack(gateway: str, provider_data: dict[str, Any] | None = None) -> Any:
+    return llama_stack_client.LlamaStackClient(
+        base_url=gateway, provider_data=provider_data, max_retries=0, timeout=TIMEOUT
+    )
+
+
+def _mcp_tool(mcp_url: str, token: str | None, **extra: Any) -> Any:
+    tool: dict[str, Any] = {
+        "type": "mcp",
+        "server_label": "whoami",
+        "server_url": mcp_url,
+        "require_approval": "never",
+        **extra,
+    }
+    if token is not None:
+        tool["authorization"] = token
+    return tool
+
+
+def _bearer_for(mcp_url: str, token: str) -> dict[str, Any]:
+    """Legacy ``X-LlamaStack-Provider-Data`` content for one MCP server."""
+    return {"mcp_headers": {mcp_url: {"Authorization": f"Bearer {token}"}}}
+
+
+def _whoami(
+    client: openai.OpenAI, mcp_url: str, token: str | None, *, stream: bool
+) -> tuple[Response, list[ResponseStreamEvent]]:
+    """Ask the gateway to call ``whoami``; the final response and the stream's events."""
+    tools = [_mcp_tool(mcp_url, token)]
+    if not stream:
+        return client.responses.create(model="m", input="whoami", tools=tools), []
+    with client.responses.create(model="m", input="whoami", tools=tools, stream=True) as events:
+        seen = list(events)
+    assert isinstance(seen[-1], ResponseCompletedEvent)
+    return seen[-1].response, seen
+
+
+def _calls(response: Response) -> tuple[McpListTools, McpCall]:
+    listing, call = response.output
+    assert isinstance(listing, McpListTools)
+    assert isinstance(call, McpCall)
+    return listing, call
+
+
+# --- openai ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_openai_tool_authorization_reaches_the_mcp_server_as_its_user(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str, stream: bool
+) -> None:
+    """``tools[].authorization`` -> mcp_list_tools + mcp_call answered for that user."""
+    with _openai(gateway) as client:
+        response, _ = _whoami(client, mcp_url, ALICE, stream=stream)
+    listing, call = _calls(response)
+    assert [t.name for t in listing.tools] == ["whoami"]
+    assert (call.name, call.output, call.error, call.status) == (
+        "whoami",
+        "alice",
+        None,
+        "completed",
+    )
+    assert mcp.calls == [Call(user="alice", tool="whoami")]
+    assert ALICE not in response.model_dump_json()  # the echoed tools carry no token
+
+
+def test_openai_stream_parses_into_the_sdk_event_types(mcp_url: str, gateway: str) -> None:
+    """Every SSE event becomes its typed SDK model, in Responses order, numbered in sequence."""
+    with _openai(gateway) as client:
+        _, events = _whoami(client, mcp_url, BOB, stream=True)
+    assert [type(e) for e in events] == [
+        ResponseCreatedEvent,
+        ResponseOutputItemAddedEvent,
+        ResponseMcpListToolsInProgressEvent,
+        ResponseMcpListToolsCompletedEvent,
+        ResponseOutputItemDoneEvent,
+        ResponseOutputItemAddedEvent,
+        ResponseMcpCallInProgressEvent,
+        ResponseMcpCallCompletedEvent,
+        ResponseOutputItemDoneEvent,
+        ResponseCompletedEvent,
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = [e.item for e in events if isinstance(e, ResponseOutputItemDoneEvent)]
+    assert isinstance(done[1], McpCall)
+    assert done[1].output == "bob"
+    assert BOB not in "".join(e.model_dump_json() for e in events)
+
+
+def test_openai_authorization_in_tool_headers_is_a_bad_request(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str
+) -> None:
+    """A token smuggled in ``headers`` is refused before the gateway runs, naming the field."""
+    tool = _mcp_tool(mcp_url, None, headers={"Authorization": f"Bearer {ALICE}"})
+    with _openai(gateway) as client, pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="m", input="whoami", tools=[tool])
+    assert raised.value.param == "tools[0].headers"
+    assert raised.value.code == AUTHORIZATION_IN_HEADERS
+    assert "tools[0].headers" in raised.value.message
+    assert mcp.calls == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("token", [None, WRONG], ids=["missing", "wrong"])
+def test_mcp_servers_401_is_an_mcp_call_error_never_a_retry_as_someone_else(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str, token: str | None, stream: bool
+) -> None:
+    """The 401 is reported in the output; no other caller's token is ever tried instead."""
+    with _openai(gateway) as client:
+        _whoami(client, mcp_url, ALICE, stream=False)  # alice's credential was used before
+        response, events = _whoami(client, mcp_url, token, stream=stream)
+    listing, call = _calls(response)
+    assert listing.error is not None
+    assert call.status == "failed"
+    assert call.output is None
+    assert call.error is not None
+    assert call.error.model_dump() == {
+        "type": "http_error",
+        "code": 401,
+        "message": "MCP server answered HTTP 401",
+    }
+    if stream:
+        kinds = {type(e) for e in events}
+        assert {ResponseMcpListToolsFailedEvent, ResponseMcpCallFailedEvent} <= kinds
+    # Only alice's own call ran; the refused token is the only one the server turned down.
+    assert mcp.calls == [Call(user="alice", tool="whoami")]
+    assert set(mcp.rejected) == (set() if token is None else {fingerprint(token)})
+
+
+# --- llama-stack-client ------------------------------------------------------------------
+
+
+def test_llama_stack_provider_data_reaches_the_mcp_server_as_its_user(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str
+) -> None:
+    """The legacy ``X-LlamaStack-Provider-Data`` ``mcp_headers`` carry the caller's token."""
+    tool = _mcp_tool(mcp_url, None)
+    with _llama_stack(gateway, provider_data=_bearer_for(mcp_url, BOB)) as client:
+        response = client.responses.create(model="m", input="whoami", tools=[tool])
+    calls = [item for item in response.output if item.type == "mcp_call"]
+    assert [(c.output, c.error) for c in calls] == [("bob", None)]
+    assert mcp.calls == [Call(user="bob", tool="whoami")]
+
+
+@pytest.mark.parametrize("with_endpoint", [False, True], ids=["configured-server", "mcp_endpoint"])
+def test_llama_stack_tool_runtime_authorization_reaches_the_mcp_server(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str, with_endpoint: bool
+) -> None:
+    """A top-level ``authorization`` (sent with ``extra_body``) on ``tool_runtime.invoke_tool``:
+    bound to ``mcp_endpoint.uri`` by the middleware, or to the gateway's configured server by
+    the gateway, explicitly."""
+    extra: dict[str, Any] = {"authorization": CAROL}
+    if with_endpoint:
+        extra["mcp_endpoint"] = {"uri": mcp_url}
+    with _llama_stack(gateway) as client:
+        result = client.tool_runtime.invoke_tool(tool_name="whoami", kwargs={}, extra_body=extra)
+    assert (result.content, result.error_code, result.error_message) == ("carol", None, None)
+    assert mcp.calls == [Call(user="carol", tool="whoami")]
+
+
+def test_llama_stack_tool_runtime_wrong_token_is_an_error_result(
+    mcp: RecordingMCPServer, gateway: str
+) -> None:
+    with _llama_stack(gateway) as client:
+        result = client.tool_runtime.invoke_tool(
+            tool_name="whoami", kwargs={}, extra_body={"authorization": WRONG}
+        )
+    assert (result.content, result.error_code) == (None, 401)
+    assert mcp.calls == []
+    assert set(mcp.rejected) == {fingerprint(WRONG)}
+
+
+def test_llama_stack_provider_data_is_refused_once_the_migration_is_finished(
+    mcp: RecordingMCPServer, mcp_url: str
+) -> None:
+    """``provider_data="reject"``: the client raises its BadRequestError, which points to the
+    ``authorization`` parameter; the MCP server is never called."""
+    tool = _mcp_tool(mcp_url, None)
+    with (
+        _gateway(mcp_url, MCPAuthConfig(provider_data=ProviderDataMode.REJECT)) as gateway,
+        _llama_stack(gateway, provider_data=_bearer_for(mcp_url, BOB)) as client,
+        pytest.raises(llama_stack_client.BadRequestError) as raised,
+    ):
+        client.responses.create(model="m", input="whoami", tools=[tool])
+    assert raised.value.status_code == 400
+    body: Any = raised.value.body
+    error = body["error"]
+    assert error["code"] == AUTHORIZATION_IN_PROVIDER_DATA
+    assert "'authorization' parameter" in error["message"]
+    assert BOB not in json.dumps(raised.value.body)
+    assert mcp.calls == []
+
+
+# --- the documented FastAPI stack -----------------------------------------------------------
+
+ORIGIN = "https://app.example.com"
+
+
+def test_documented_stack_order_puts_the_correlation_id_on_audit_events(
+    audit_log: list[dict[str, Any]], mcp_url: str
+) -> None:
+    """docs/integrations.md: CORS outermost, then asgi-correlation-id, then ours. Audit events
+    carry the id the response reports, and a rejection still gets CORS and the id."""
+    app = create_app(MCPAuthConfig(), tool_servers={"whoami": mcp_url})  # MCPAuthMiddleware
+    app.add_middleware(CorrelationIdMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[ORIGIN],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID"],
+    )
+    order = [getattr(m.cls, "__name__", "?") for m in app.user_middleware]  # outermost first
+    assert order == ["CORSMiddleware", "CorrelationIdMiddleware", "MCPAuthMiddleware"]
+    origin = {"Origin": ORIGIN}
+    with serve(app) as gateway, _openai(gateway) as client:
+        ok = client.responses.with_raw_response.create(
+            model="m", input="whoami", tools=[_mcp_tool(mcp_url, ALICE)], extra_headers=origin
+        )
+        smuggled = _mcp_tool(mcp_url, None, headers={"Authorization": f"Bearer {ALICE}"})
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(
+                model="m", input="whoami", tools=[smuggled], extra_headers=origin
+            )
+    refused = raised.value.response
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+    events = {e["event"]: e for e in audit_log if e["event"].startswith("mcp_credential_")}
+    assert events[CREDENTIAL_RESOLVED]["request_id"] == ok.headers["x-request-id"]
+    assert events[CREDENTIAL_REJECTED]["request_id"] == refused.headers["x-request-id"]
+
+
+# --- many callers at once ----------------------------------------------------------------
+
+PER_USER = 24  # x 5 callers = 120 requests in flight at once
+CONCURRENT_TIMEOUT = 40.0  # they share one CPU with both servers: ~10-20 s in all
+
+
+@pytest.mark.anyio
+async def test_concurrent_callers_each_reach_the_mcp_server_only_as_themselves(
+    mcp: RecordingMCPServer, mcp_url: str, gateway: str
+) -> None:
+    """120 requests at once through one gateway and its one shared MCP client: alice, bob and
+    carol with ``authorization`` (AsyncOpenAI), dave with provider data (AsyncLlamaStackClient),
+    and mallory with a wrong token, who only ever gets her own 401 and never anyone's answer."""
+    answers: list[tuple[str, str | None]] = []
+    client: Any = {"max_retries": 0, "timeout": CONCURRENT_TIMEOUT}
+
+    async with (
+        openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="not-used", **client) as oai,
+        llama_stack_client.AsyncLlamaStackClient(
+            base_url=gateway, provider_data=_bearer_for(mcp_url, DAVE), **client
+        ) as lls,
+    ):
+
+        async def by_body(who: str, token: str) -> None:
+            tools = [_mcp_tool(mcp_url, token)]
+            response = await oai.responses.create(model="m", input="whoami", tools=tools)
+            _, call = _calls(response)
+            answers.append((who, call.output if call.error is None else call.error.type))
+
+        async def by_provider_data() -> None:
+            tools = [_mcp_tool(mcp_url, None)]
+            response = await lls.responses.create(model="m", input="whoami", tools=tools)
+            outputs = [item.output for item in response.output if item.type == "mcp_call"]
+            answers.append(("dave", outputs[0]))
+
+        with anyio.fail_after(CONCURRENT_TIMEOUT + 5):
+            async with anyio.create_task_group() as tasks:
+                for _ in range(PER_USER):
+                    for token in (ALICE, BOB, CAROL):
+                        tasks.start_soon(by_body, USERS[token], token)
+                    tasks.start_soon(by_body, "http_error", WRONG)  # mallory: her 401
+                    tasks.start_soon(by_provider_data)
+
+    assert len(answers) == 5 * PER_USER
+    assert [who for who, answer in answers if answer != who] == []
+    # The MCP server's own record: each user's calls under their own token, exactly.
+    assert Counter(c.user for c in mcp.calls) == {user: PER_USER for user in USERS.values()}
+    assert set(mcp.rejected) == {fingerprint(WRONG)}
