@@ -21,6 +21,14 @@ CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
 CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
 
 
+def _printable(value: str | None, limit: int = 256) -> str | None:
+    """A caller-chosen string made safe for any renderer: no control characters (a newline
+    in a console log could forge a line), bounded length."""
+    if value is None or (value.isprintable() and len(value) <= limit):
+        return value
+    return repr(value[:limit])[1:-1]
+
+
 class Auditor:
     """Emits the audit events of one middleware instance."""
 
@@ -38,11 +46,11 @@ class Auditor:
                 source=str(cred.source),
                 shadowed=list(item.shadowed),
                 server_url=None if server is None else server.loggable,
-                server_label=cred.server_label,
+                server_label=_printable(cred.server_label),
                 fingerprint=cred.fingerprint,
                 method=method,
-                path=path,
-                request_id=request_id,
+                path=_printable(path, 2048),
+                request_id=_printable(request_id),
             )
 
     def rejected(
@@ -51,9 +59,9 @@ class Auditor:
         self._log.warning(
             CREDENTIAL_REJECTED,
             code=exc.code,
-            param=exc.param,
+            param=_printable(exc.param),
             source=exc.source,
             method=method,
-            path=path,
-            request_id=request_id,
+            path=_printable(path, 2048),
+            request_id=_printable(request_id),
         )

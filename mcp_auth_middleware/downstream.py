@@ -21,6 +21,8 @@ from mcp_auth_middleware.urls import is_loopback_host, parse_server_url
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Request extension naming the headers this auth set, so the next hop can remove them.
+_APPLIED = "mcp_auth_middleware.applied_headers"
 
 if TYPE_CHECKING:
     import httpx
@@ -97,8 +99,17 @@ class MCPBearerAuth(_AuthBase):
         return creds.match_request(scheme, host, port, path or "/", query)
 
     def apply(self, request: Any) -> Any:
-        """Set ``Authorization`` (and the credential's extra headers) on ``request``."""
+        """Set ``Authorization`` (and the credential's extra headers) on ``request``.
+
+        Headers this auth set on an earlier hop of the same request (a redirect copies them)
+        are removed first, so a redirected request carries only what its own URL's
+        credential allows, or nothing.
+        """
+        extensions = request.extensions
+        for name in extensions.get(_APPLIED, ()):
+            request.headers.pop(name, None)
         cred = self.credential_for(request)
+        applied: tuple[str, ...] = ()
         if cred is not None:
             _check_transport(
                 request.url.scheme.lower(),
@@ -108,6 +119,10 @@ class MCPBearerAuth(_AuthBase):
             for name, value in cred.headers.items():
                 request.headers[name] = value
             request.headers["Authorization"] = cred.bearer()
+            applied = (*cred.headers, "Authorization")
+        if applied or _APPLIED in extensions:
+            # A new dict: a redirect's request shares the previous hop's.
+            request.extensions = {**extensions, _APPLIED: applied}
         return request
 
     def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
@@ -116,6 +131,21 @@ class MCPBearerAuth(_AuthBase):
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""
         return self.apply(request)
+
+    def request_hook(self, request: Any) -> None:
+        """A ``event_hooks={"request": [...]}`` hook for sync clients that follow redirects.
+
+        httpx and httpx2 run an auth once per request but request hooks on every redirect
+        hop, and they strip only ``Authorization`` when a redirect leaves the origin. With
+        ``follow_redirects=True``, install this hook so that every hop carries exactly its
+        own URL's credential (the extra headers included). The ``mcp`` SDK does not need
+        it: it follows redirects itself, through the auth.
+        """
+        self.apply(request)
+
+    async def async_request_hook(self, request: Any) -> None:
+        """:meth:`request_hook` for ``AsyncClient``."""
+        self.apply(request)
 
     def __repr__(self) -> str:
         fixed = "" if self._fixed is None else f", credentials=<{len(self._fixed)} fixed>"

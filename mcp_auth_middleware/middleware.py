@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import _credentials
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, MCPCredentials
 from mcp_auth_middleware.errors import (
     BODY_TOO_LARGE,
     INVALID_BODY,
@@ -102,18 +102,7 @@ class MCPAuthMiddleware:
                     await self.app(scope, receive, send)
                     return
                 break
-        headers: dict[str, list[str]] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            if name in headers:
-                headers[name].append(raw_value.decode("latin-1"))
-            else:
-                headers[name] = [raw_value.decode("latin-1")]
-        length = headers.get("content-length")
-        content_length = (
-            int(length[0]) if length and length[0].isascii() and length[0].isdigit() else -1
-        )
-        await _Request(self, scope, receive, send, headers, content_length).run()
+        await _Request(self, scope, receive, send).run()
 
 
 class _Request:
@@ -121,24 +110,42 @@ class _Request:
 
     __slots__ = ("content_length", "headers", "mw", "receive", "request_id", "scope", "send")
 
-    def __init__(
-        self,
-        mw: MCPAuthMiddleware,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[str, list[str]],
-        content_length: int,
-    ) -> None:
+    def __init__(self, mw: MCPAuthMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw = mw
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.headers = headers
-        self.content_length = content_length
         self.request_id: str | None = None
+        headers: dict[str, list[str]] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            if name in headers:
+                headers[name].append(raw_value.decode("latin-1"))
+            else:
+                headers[name] = [raw_value.decode("latin-1")]
+        self.headers = headers
+        length = headers.get("content-length")
+        self.content_length = (
+            int(length[0]) if length and length[0].isascii() and length[0].isdigit() else -1
+        )
 
     async def run(self) -> None:
+        # ``prepare`` does the reading in a frame of its own, gone before the app runs: no
+        # frame on the stack while the app runs holds the body (tracebacks that render
+        # locals, such as structlog's ``dict_tracebacks``, must not find a token there).
+        prepared = await self.prepare()
+        if prepared is None:
+            return
+        scope, receive, credentials = prepared
+        del prepared
+        token = _credentials.set(credentials)
+        try:
+            await self.mw.app(scope, receive, self.send)
+        finally:
+            _credentials.reset(token)
+
+    async def prepare(self) -> tuple[Scope, Receive, MCPCredentials] | None:
+        """Read, parse, ask the sources, resolve, audit; ``None`` if answered already."""
         mw = self.mw
         messages: list[Message] = []
         body: ParsedBody | None = None
@@ -153,10 +160,10 @@ class _Request:
                         message=MESSAGES[BODY_TOO_LARGE].format(limit=mw._max_body),
                     )
                 )
-                return
+                return None
             read = await self.read_body(messages)
             if read is None:
-                return  # client went away, or too large (answered)
+                return None  # client went away, or too large (answered)
             raw = read
             body = parse_body(raw)
         try:
@@ -173,7 +180,7 @@ class _Request:
                 found.append((source.name, _as_list(creds, source.name)))
         except CredentialRejected as exc:
             await self.reject(exc)
-            return
+            return None
         resolution = resolve(found)
         if mw._auditor is not None and resolution.resolved:
             mw._auditor.resolved(
@@ -190,14 +197,9 @@ class _Request:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
                 await self.reject(CredentialRejected(INVALID_BODY, "body", source="body"))
-                return
+                return None
             messages = [{"type": "http.request", "body": raw, "more_body": False}]
-        del raw, body  # the app gets the original messages; drop our joined copy
-        token = _credentials.set(resolution.credentials)
-        try:
-            await mw.app(scope, _replay(messages, self.receive), self.send)
-        finally:
-            _credentials.reset(token)
+        return scope, _replay(messages, self.receive), resolution.credentials
 
     async def read_body(self, messages: list[Message]) -> bytes | None:
         """Buffer the body with a cap; ``None`` if the client left or it was too large."""

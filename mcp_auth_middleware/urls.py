@@ -14,9 +14,18 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["ServerURL", "is_loopback_host", "normalize_server_url", "parse_server_url"]
+__all__ = [
+    "MAX_SERVER_URL_LENGTH",
+    "ServerURL",
+    "is_loopback_host",
+    "normalize_server_url",
+    "parse_server_url",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Longest server URL accepted (browsers' and proxies' practical limit). Longer ones are
+#: refused, which also bounds what the parse cache below can hold (1024 x 2 KiB).
+MAX_SERVER_URL_LENGTH = 2048
 
 
 class ServerURL(NamedTuple):
@@ -55,14 +64,16 @@ def _normalize_path(path: str) -> str:
     return path
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def parse_server_url(url: str) -> ServerURL:
     """Parse an absolute ``http``/``https`` URL into its normalised parts.
 
     Raises ``ValueError`` (with a message that does not repeat the URL) when it is not one.
     Cached: a gateway talks to few servers, and their URLs repeat on every request.
     """
-    if not isinstance(url, str) or not url.isascii() or not url.isprintable() or " " in url:
+    if not isinstance(url, str) or len(url) > MAX_SERVER_URL_LENGTH:
+        raise ValueError(f"server URL must be a string of at most {MAX_SERVER_URL_LENGTH} chars")
+    if not url.isascii() or not url.isprintable() or " " in url:
         raise ValueError("server URL must be an absolute http(s) URL of printable ASCII")
     try:
         parts = urlsplit(url)
