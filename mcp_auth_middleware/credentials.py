@@ -48,6 +48,9 @@ class SecureHeaders(Mapping[str, str]):
 _EMPTY_HEADERS: Mapping[str, str] = SecureHeaders()
 
 
+_setattr = object.__setattr__
+
+
 class CredentialSource(StrEnum):
     """The built-in credential sources. Custom sources use names of their own."""
 
@@ -95,8 +98,8 @@ class MCPCredential:
         server_label: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        set_ = object.__setattr__
-        set_(self, "token", token if isinstance(token, SecretStr) else SecretStr(token))
+        set_ = _setattr
+        set_(self, "token", token if type(token) is SecretStr else SecretStr(str(token)))
         set_(self, "source", source)
         set_(self, "server_url", server_url)
         set_(self, "server_label", server_label)

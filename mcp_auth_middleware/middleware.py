@@ -19,7 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import _credentials
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, MCPCredentials
+from mcp_auth_middleware.credentials import (
+    EMPTY_CREDENTIALS,
+    CredentialSource,
+    MCPCredential,
+    MCPCredentials,
+)
 from mcp_auth_middleware.errors import (
     BODY_TOO_LARGE,
     INVALID_BODY,
@@ -94,40 +99,44 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        # The first Content-Type counts, as in Starlette's ``request.headers.get()``: reading
-        # another one than the application reads would let a body slip past the checks.
-        for raw_name, raw_value in scope["headers"]:
-            if raw_name.lower() == b"content-type":
-                if not _JSON.fullmatch(raw_value):
-                    await self.app(scope, receive, send)
-                    return
-                break
-        await _Request(self, scope, receive, send).run()
+        raw = scope["headers"]
+        if type(raw) is not list:
+            raw = list(raw)
+        # First value wins, as in Starlette's ``request.headers.get()``: reading another
+        # Content-Type than the application reads would let a body slip past the checks.
+        headers: dict[bytes, bytes] = dict(reversed(raw))
+        content_type = headers.get(b"content-type")
+        if (
+            content_type is not None
+            and content_type != b"application/json"
+            and not _JSON.fullmatch(content_type)
+        ):
+            await self.app(scope, receive, send)
+            return
+        await _Request(self, scope, receive, send, headers, len(headers) != len(raw)).run()
 
 
 class _Request:
     """One inspected request: all per-request state lives here, never on the middleware."""
 
-    __slots__ = ("content_length", "headers", "mw", "receive", "request_id", "scope", "send")
+    __slots__ = ("duplicates", "headers", "mw", "receive", "request_id", "scope", "send")
 
-    def __init__(self, mw: MCPAuthMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        mw: MCPAuthMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        duplicates: bool,
+    ) -> None:
         self.mw = mw
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.request_id: str | None = None
-        headers: dict[str, list[str]] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            if name in headers:
-                headers[name].append(raw_value.decode("latin-1"))
-            else:
-                headers[name] = [raw_value.decode("latin-1")]
         self.headers = headers
-        length = headers.get("content-length")
-        self.content_length = (
-            int(length[0]) if length and length[0].isascii() and length[0].isdigit() else -1
-        )
+        self.duplicates = duplicates
+        self.request_id: str | None = None
 
     async def run(self) -> None:
         # ``prepare`` does the reading in a frame of its own, gone before the app runs: no
@@ -149,17 +158,11 @@ class _Request:
         mw = self.mw
         messages: list[Message] = []
         body: ParsedBody | None = None
-        raw: bytes = b""
+        raw = b""
         if mw._read_body:
-            if self.content_length > mw._max_body:
-                await self.reject(
-                    CredentialRejected(
-                        BODY_TOO_LARGE,
-                        "body",
-                        status=413,
-                        message=MESSAGES[BODY_TOO_LARGE].format(limit=mw._max_body),
-                    )
-                )
+            length = self.headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > mw._max_body:
+                await self.reject(_too_large(mw._max_body))
                 return None
             read = await self.read_body(messages)
             if read is None:
@@ -167,28 +170,39 @@ class _Request:
             raw = read
             body = parse_body(raw)
         try:
-            if body is not None and mw._check_headers:
+            if body is not None and body.tools and mw._check_headers:
                 check_tool_headers(body)
             request = SourceRequest(
-                self.scope, self.scope["method"], self.scope["path"], self.headers, body
+                self.scope,
+                self.scope["method"],
+                self.scope["path"],
+                body=body,
+                _first=self.headers,
+                _duplicates=self.duplicates,
             )
             found: list[tuple[str, list[MCPCredential]]] = []
             for source in mw._sources:
                 creds: Any = source.read(request)
-                if inspect.isawaitable(creds):
+                if type(creds) is not list and inspect.isawaitable(creds):
                     creds = await creds
-                found.append((source.name, _as_list(creds, source.name)))
+                creds = _as_list(creds, source.name)
+                if creds:
+                    found.append((source.name, creds))
         except CredentialRejected as exc:
             await self.reject(exc)
             return None
-        resolution = resolve(found)
-        if mw._auditor is not None and resolution.resolved:
-            mw._auditor.resolved(
-                resolution.resolved,
-                method=self.scope["method"],
-                path=self.scope["path"],
-                request_id=self.get_request_id(),
-            )
+        if not found:
+            credentials = EMPTY_CREDENTIALS
+        else:
+            resolution = resolve(found)
+            credentials = resolution.credentials
+            if mw._auditor is not None:
+                mw._auditor.resolved(
+                    resolution.resolved,
+                    method=self.scope["method"],
+                    path=self.scope["path"],
+                    request_id=self.get_request_id(),
+                )
         scope = self.scope
         if mw.config.redact_body and body is not None and _has_body_credentials(body):
             try:
@@ -199,7 +213,7 @@ class _Request:
                 await self.reject(CredentialRejected(INVALID_BODY, "body", source="body"))
                 return None
             messages = [{"type": "http.request", "body": raw, "more_body": False}]
-        return scope, _replay(messages, self.receive), resolution.credentials
+        return scope, _replay(messages, self.receive), credentials
 
     async def read_body(self, messages: list[Message]) -> bytes | None:
         """Buffer the body with a cap; ``None`` if the client left or it was too large."""
@@ -212,14 +226,7 @@ class _Request:
             messages.append(message)
             size += len(message.get("body", b""))
             if size > limit:
-                await self.reject(
-                    CredentialRejected(
-                        BODY_TOO_LARGE,
-                        "body",
-                        status=413,
-                        message=MESSAGES[BODY_TOO_LARGE].format(limit=limit),
-                    )
-                )
+                await self.reject(_too_large(limit))
                 return None
             if not message.get("more_body", False):
                 break
@@ -231,8 +238,8 @@ class _Request:
         if self.request_id is None:
             value = _correlation_id.get() if _correlation_id is not None else None
             if not value:
-                values = self.headers.get("x-request-id")
-                value = values[0][:128] if values else None
+                header = self.headers.get(b"x-request-id")
+                value = header[:128].decode("latin-1") if header else None
             self.request_id = value
         return self.request_id
 
@@ -259,10 +266,15 @@ class _Request:
         await self.send({"type": "http.response.body", "body": payload})
 
 
+def _too_large(limit: int) -> CredentialRejected:
+    message = MESSAGES[BODY_TOO_LARGE].format(limit=limit)
+    return CredentialRejected(BODY_TOO_LARGE, "body", status=413, message=message)
+
+
 def _as_list(creds: Iterable[MCPCredential], name: str) -> list[MCPCredential]:
-    items = list(creds)
+    items = creds if type(creds) is list else list(creds)
     for cred in items:
-        if not isinstance(cred, MCPCredential):
+        if type(cred) is not MCPCredential and not isinstance(cred, MCPCredential):
             raise TypeError(f"credential source {name!r} returned a {type(cred).__name__}")
     return items
 

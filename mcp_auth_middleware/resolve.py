@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
@@ -31,12 +31,16 @@ class Resolution(NamedTuple):
     resolved: tuple[Resolved, ...]
 
 
-def resolve(found: Iterable[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
+def resolve(found: Sequence[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
     """``found`` is each source's credentials, in precedence order.
 
     Per server, the first source that supplies a credential wins; each later source that
     supplies one for the same server is recorded as shadowed.
     """
+    if len(found) == 1:  # one source: nothing to shadow (the usual case)
+        creds = found[0][1]
+        if len(creds) == 1:
+            return Resolution(MCPCredentials(creds), (Resolved(creds[0], ()),))
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:

@@ -37,16 +37,12 @@ class ServerURL(NamedTuple):
     path: str
     query: str
 
+    #: The canonical string form (computed once: parsed URLs are cached).
+    url: str
+
     @property
     def origin(self) -> tuple[str, str, int | None]:
         return (self.scheme, self.host, self.port)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = "" if self.port is None else f":{self.port}"
-        query = f"?{self.query}" if self.query else ""
-        return f"{self.scheme}://{host}{port}{self.path}{query}"
 
     @property
     def loggable(self) -> str:
@@ -86,7 +82,12 @@ def parse_server_url(url: str) -> ServerURL:
         raise ValueError("server URL must be an absolute http(s) URL with a host")
     if port == _DEFAULT_PORTS[scheme]:
         port = None
-    return ServerURL(scheme, host, port, _normalize_path(parts.path), parts.query)
+    path = _normalize_path(parts.path)
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    url = f"{scheme}://{netloc}{path}{'?' + parts.query if parts.query else ''}"
+    return ServerURL(scheme, host, port, path, parts.query, url)
 
 
 def normalize_server_url(url: str) -> str:

@@ -144,7 +144,8 @@ def http_scope(headers: Sequence[tuple[bytes, bytes]], method: str = "POST") -> 
         "raw_path": b"/v1/responses",
         "root_path": "",
         "query_string": b"",
-        "headers": list(headers),
+        # ASGI servers lower-case header names (and Starlette's ``Headers`` relies on it).
+        "headers": [(name.lower(), value) for name, value in headers],
         "server": ("127.0.0.1", 8000),
         "client": ("127.0.0.1", 50000),
     }

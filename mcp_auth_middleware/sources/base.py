@@ -10,7 +10,6 @@ keeps, per server, the first source's credential.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -25,13 +24,12 @@ __all__ = [
     "MCPTool",
     "ParsedBody",
     "SourceRequest",
+    "check_token",
     "parse_token",
 ]
 
 #: Longest accepted ``authorization`` value (the token with any ``Bearer`` prefix).
 MAX_TOKEN_LENGTH: Final = 8192
-# Printable ASCII without space: anything else could split or inject a header.
-_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 class MCPTool:
@@ -94,32 +92,60 @@ class ParsedBody:
 class SourceRequest:
     """The request as a source sees it.
 
-    ``headers`` maps lower-cased header names to all their values (latin-1 decoded);
+    ``headers`` maps lower-cased header names to all their values (latin-1 decoded), built
+    on first use; :meth:`header` and :meth:`header_values` are the cheap way to read one.
     ``body`` is ``None`` when the request body was not read (no source needs it, or it is
     not a JSON object). ``scope`` is the ASGI scope (``scope.get("user")`` for an
     authenticated user, ``scope["state"]`` for what earlier middleware stored).
     """
 
-    __slots__ = ("body", "headers", "method", "path", "scope")
+    __slots__ = ("_duplicates", "_first", "_headers", "body", "method", "path", "scope")
 
     def __init__(
         self,
         scope: Scope,
         method: str,
         path: str,
-        headers: Mapping[str, Sequence[str]],
+        headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
+        *,
+        _first: Mapping[bytes, bytes] | None = None,
+        _duplicates: bool = True,
     ) -> None:
         self.scope = scope
         self.method = method
         self.path = path
-        self.headers = headers
         self.body = body
+        self._headers = headers
+        # The raw headers, first value per name (the middleware's one C-level pass), and
+        # whether any name occurs twice (then ``headers`` has the whole story).
+        self._first = _first
+        self._duplicates = _duplicates
+
+    @property
+    def headers(self) -> Mapping[str, Sequence[str]]:
+        if self._headers is None:
+            headers: dict[str, list[str]] = {}
+            for raw_name, raw_value in self.scope.get("headers", ()):
+                name = raw_name.decode("latin-1").lower()
+                headers.setdefault(name, []).append(raw_value.decode("latin-1"))
+            self._headers = headers
+        return self._headers
+
+    def header_values(self, name: str) -> Sequence[str]:
+        """All values of a header (name matched case-insensitively), in order."""
+        if self._first is not None and not self._duplicates:
+            value = self._first.get(name.lower().encode("latin-1"))
+            return () if value is None else (value.decode("latin-1"),)
+        return self.headers.get(name.lower(), ())
 
     def header(self, name: str) -> str | None:
         """The first value of a header (name matched case-insensitively), or ``None``."""
-        values = self.headers.get(name.lower())
+        values = self.header_values(name)
         return values[0] if values else None
+
+    def __repr__(self) -> str:
+        return f"SourceRequest(method={self.method!r}, path={self.path!r}, body={self.body!r})"
 
 
 @runtime_checkable
@@ -138,25 +164,33 @@ class MCPCredentialSource(Protocol):
         ...
 
 
-def parse_token(value: Any, *, param: str, source: str, require_bearer: bool) -> str:
-    """Validate an ``authorization`` value and return the bare token.
+def check_token(value: Any, *, require_bearer: bool) -> str | None:
+    """The bare token of an ``authorization`` value, or ``None`` if it is not acceptable.
 
     ``Bearer <token>`` (scheme in any case, one or more spaces) has its prefix stripped;
     with ``require_bearer`` nothing else is accepted. The token must be 1 to 8192 printable
-    ASCII characters without whitespace. The value never appears in the error.
+    ASCII characters without whitespace: anything else could split or inject a header.
     """
-    if (
-        not isinstance(value, str)
-        or len(value) > MAX_TOKEN_LENGTH
-        or value.lower() == "bearer"  # a scheme with no token: a caller's mistake
-    ):
-        raise CredentialRejected(INVALID_AUTHORIZATION, param, source=source)
+    if type(value) is not str or len(value) > MAX_TOKEN_LENGTH:
+        return None
     if value[:7].lower() == "bearer ":
         token = value[7:].lstrip(" ")
-    elif require_bearer:
-        raise CredentialRejected(INVALID_AUTHORIZATION, param, source=source)
+    elif require_bearer or value.lower() == "bearer":  # a scheme with no token: a mistake
+        return None
     else:
         token = value
-    if not _TOKEN.fullmatch(token):
+    # isprintable() on ASCII admits 0x20-0x7E: with no space, exactly the visible characters.
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        return None
+    return token
+
+
+def parse_token(value: Any, *, param: str, source: str, require_bearer: bool) -> str:
+    """:func:`check_token`, raising ``invalid_authorization`` for ``param`` on failure.
+
+    The value never appears in the error.
+    """
+    token = check_token(value, require_bearer=require_bearer)
+    if token is None:
         raise CredentialRejected(INVALID_AUTHORIZATION, param, source=source)
     return token

@@ -15,7 +15,6 @@ import codecs
 import json
 import sys
 import unicodedata
-from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -24,24 +23,44 @@ from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_HEADERS,
     CONFLICTING_CREDENTIALS,
+    INVALID_AUTHORIZATION,
     INVALID_SERVER_URL,
     CredentialRejected,
 )
-from mcp_auth_middleware.sources.base import MCPTool, ParsedBody, SourceRequest, parse_token
+from mcp_auth_middleware.sources.base import (
+    MCPTool,
+    ParsedBody,
+    SourceRequest,
+    check_token,
+    parse_token,
+)
 from mcp_auth_middleware.urls import parse_server_url
 
 __all__ = ["BodySource", "check_tool_headers", "parse_body"]
 
 _BODY: Final = CredentialSource.BODY.value
+_SOURCE: Final = CredentialSource.BODY
+
+
+class _Tool(msgspec.Struct):
+    type: Any = None
+    server_url: Any = None
+    server_label: Any = None
+    authorization: Any = None
+    headers: Any = None
 
 
 class _Envelope(msgspec.Struct):
-    tools: Any = None
+    # A ``tools`` that is not a list of objects fails validation: json.loads then decides.
+    tools: list[_Tool] | None = None
     authorization: Any = None
     mcp_endpoint: Any = None
 
 
 _decode = msgspec.json.Decoder(_Envelope).decode
+_EMPTY = ParsedBody()
+_SLICE = 1 << 20
+_DIGITS = bytes(1 if 0x30 <= b <= 0x39 else 0 for b in range(256))
 
 
 def parse_body(body: bytes) -> ParsedBody | None:
@@ -50,17 +69,21 @@ def parse_body(body: bytes) -> ParsedBody | None:
         envelope = _decode(body)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return _parse_with_json(body)
-    tools, authorization, endpoint = envelope.tools, envelope.authorization, envelope.mcp_endpoint
-    if tools is None and authorization is None and endpoint is None:
-        return _EMPTY  # json.loads would find nothing either, or refuse the body
+    tools = envelope.tools
+    mcp = (
+        tuple(
+            MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
+            for position, t in enumerate(tools)
+            if t.type == "mcp"
+        )
+        if tools
+        else ()
+    )
+    if not mcp and envelope.authorization is None and envelope.mcp_endpoint is None:
+        return _EMPTY  # nothing to read here, whatever json.loads would make of the rest
     if _may_differ(body):
         return _parse_with_json(body)
-    return ParsedBody(_mcp_tools(tools), authorization, endpoint)
-
-
-_EMPTY = ParsedBody()
-_SLICE = 1 << 20
-_DIGITS = bytes(1 if 0x30 <= b <= 0x39 else 0 for b in range(256))
+    return ParsedBody(mcp, envelope.authorization, envelope.mcp_endpoint)
 
 
 def _parse_with_json(body: bytes) -> ParsedBody | None:
@@ -82,11 +105,11 @@ def _may_differ(body: bytes) -> bool:
 
     msgspec skips the fields we do not name without checking their UTF-8, and reads integers
     of any length; ``json.loads`` refuses invalid UTF-8 (it lets UTF-8-encoded surrogates
-    through) and integers longer than ``sys.get_int_max_str_digits()``. Both checks work in
-    1 MiB slices, so they cost no memory beyond a slice.
+    through) and integers longer than ``sys.get_int_max_str_digits()``. Neither check costs
+    memory beyond a slice, and the second reads one byte in ``limit + 1``.
     """
-    view = memoryview(body)
     if not body.isascii():
+        view = memoryview(body)
         decoder = codecs.getincrementaldecoder("utf-8")()
         try:
             for start in range(0, len(body), _SLICE):
@@ -95,11 +118,25 @@ def _may_differ(body: bytes) -> bool:
         except UnicodeDecodeError:
             return True
     limit = sys.get_int_max_str_digits()
-    if limit and len(body) > limit:
-        run = b"\x01" * (limit + 1)
-        for start in range(0, len(body), _SLICE):
-            if run in bytes(view[max(0, start - limit) : start + _SLICE]).translate(_DIGITS):
-                return True
+    return bool(limit) and _has_digit_run(body, limit + 1)
+
+
+def _has_digit_run(body: bytes, run: int) -> bool:
+    """Whether ``body`` holds ``run`` consecutive ASCII digits.
+
+    Any such run covers one of the positions ``run - 1``, ``2 * run - 1``, ...: sample
+    those, and look closely only around a sampled digit.
+    """
+    if len(body) < run:
+        return False
+    marks = body[run - 1 :: run].translate(_DIGITS)
+    needle = b"\x01" * run
+    hit = marks.find(1)
+    while hit != -1:
+        at = (hit + 1) * run - 1
+        if needle in body[max(0, at - run + 1) : at + run].translate(_DIGITS):
+            return True
+        hit = marks.find(1, hit + 1)
     return False
 
 
@@ -148,13 +185,18 @@ def _absent(value: Any) -> bool:
     return value is None or value == ""
 
 
-def _server_key(url: Any, param: str) -> str:
-    if not isinstance(url, str):
-        raise CredentialRejected(INVALID_SERVER_URL, param, source=_BODY)
-    try:
-        return parse_server_url(url).url
-    except ValueError:
-        raise CredentialRejected(INVALID_SERVER_URL, param, source=_BODY) from None
+def _param(where: str | int) -> str:
+    """The field at fault: a name, or the position of a tool (built only when raising)."""
+    return where if isinstance(where, str) else f"tools[{where}].server_url"
+
+
+def _server_key(url: Any, where: str | int) -> str:
+    if isinstance(url, str):
+        try:
+            return parse_server_url(url).url
+        except ValueError:
+            pass
+    raise CredentialRejected(INVALID_SERVER_URL, _param(where), source=_BODY)
 
 
 class BodySource:
@@ -173,61 +215,53 @@ class BodySource:
     name = _BODY
     needs_body = True
 
-    def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
+    def read(self, request: SourceRequest) -> list[MCPCredential]:
         body = request.body
         if body is None:
-            return ()
-        found: dict[str, tuple[str, MCPCredential]] = {}
-        labelled: list[MCPCredential] = []
+            return []
+        found: list[MCPCredential] = []
+        tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
         for tool in body.tools:
-            if _absent(tool.authorization):
+            value = tool.authorization
+            if value is None or value == "":
                 continue
-            prefix = f"tools[{tool.position}]"
-            token = parse_token(
-                tool.authorization,
-                param=f"{prefix}.authorization",
-                source=_BODY,
-                require_bearer=False,
-            )
-            label = tool.server_label if isinstance(tool.server_label, str) else None
+            token = check_token(value, require_bearer=False)
+            if token is None:
+                raise CredentialRejected(
+                    INVALID_AUTHORIZATION, f"tools[{tool.position}].authorization", source=_BODY
+                )
+            label = tool.server_label if type(tool.server_label) is str else None
             if tool.server_url is None:
                 if label is not None:
-                    labelled.append(
-                        MCPCredential(token=token, source=CredentialSource.BODY, server_label=label)
-                    )
+                    found.append(MCPCredential(token=token, source=_SOURCE, server_label=label))
                 continue
-            key = _server_key(tool.server_url, f"{prefix}.server_url")
-            self._add(found, key, token, f"{prefix}.server_url", tool.server_url, label)
-        if not _absent(body.authorization):
-            token = parse_token(
-                body.authorization, param="authorization", source=_BODY, require_bearer=False
-            )
+            where = tool.position
+            if self._first(tokens, _server_key(tool.server_url, where), token, where):
+                found.append(
+                    MCPCredential(
+                        token=token, source=_SOURCE, server_url=tool.server_url, server_label=label
+                    )
+                )
+        value = body.authorization
+        if value is not None and value != "":
+            token = parse_token(value, param="authorization", source=_BODY, require_bearer=False)
             endpoint = body.mcp_endpoint
-            uri = endpoint.get("uri") if isinstance(endpoint, dict) else None
+            uri = endpoint.get("uri") if type(endpoint) is dict else None
             if uri is None:
-                labelled.append(MCPCredential(token=token, source=CredentialSource.BODY))
-            else:
-                key = _server_key(uri, "mcp_endpoint.uri")
-                self._add(found, key, token, "mcp_endpoint.uri", uri, None)
-        return [cred for _, cred in found.values()] + labelled
+                found.append(MCPCredential(token=token, source=_SOURCE))
+            elif self._first(
+                tokens, _server_key(uri, "mcp_endpoint.uri"), token, "mcp_endpoint.uri"
+            ):
+                found.append(MCPCredential(token=token, source=_SOURCE, server_url=uri))
+        return found
 
     @staticmethod
-    def _add(
-        found: dict[str, tuple[str, MCPCredential]],
-        key: str,
-        token: str,
-        param: str,
-        url: str,
-        label: str | None,
-    ) -> None:
-        previous = found.get(key)
-        if previous is not None:
-            if previous[0] != token:
-                raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
-            return
-        found[key] = (
-            token,
-            MCPCredential(
-                token=token, source=CredentialSource.BODY, server_url=url, server_label=label
-            ),
-        )
+    def _first(tokens: dict[str, str], key: str, token: str, where: str | int) -> bool:
+        """Whether this is the first credential for ``key``; a different token is refused."""
+        previous = tokens.get(key)
+        if previous is None:
+            tokens[key] = token
+            return True
+        if previous != token:
+            raise CredentialRejected(CONFLICTING_CREDENTIALS, _param(where), source=_BODY)
+        return False

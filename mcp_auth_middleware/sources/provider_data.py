@@ -81,7 +81,7 @@ class ProviderDataSource:
         return CredentialRejected(INVALID_PROVIDER_DATA, self.header, source=_SOURCE)
 
     def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
-        values = request.headers.get(self._key)
+        values = request.header_values(self._key)
         if not values:
             return ()
         if len(values) > 1:
