@@ -38,13 +38,12 @@ class Auditor:
     def resolved(
         self, items: tuple[Resolved, ...], *, method: str, path: str, request_id: str | None
     ) -> None:
-        for item in items:
-            cred = item.credential
+        for cred, shadowed in items:
             server = cred.server
             self._log.info(
                 CREDENTIAL_RESOLVED,
                 source=str(cred.source),
-                shadowed=list(item.shadowed),
+                shadowed=list(shadowed),
                 server_url=None if server is None else server.loggable,
                 server_label=_printable(cred.server_label),
                 fingerprint=cred.fingerprint,

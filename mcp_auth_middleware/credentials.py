@@ -7,6 +7,7 @@ are never shown: ``repr`` and ``str`` print header names and ``**********`` only
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from types import MappingProxyType
@@ -48,9 +49,6 @@ class SecureHeaders(Mapping[str, str]):
 _EMPTY_HEADERS: Mapping[str, str] = SecureHeaders()
 
 
-_setattr = object.__setattr__
-
-
 class CredentialSource(StrEnum):
     """The built-in credential sources. Custom sources use names of their own."""
 
@@ -68,26 +66,20 @@ class MCPCredential:
     """One credential for one MCP server (or the request's unbound ``default``).
 
     ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
-    credential and for a credential known only by its ``server_label``.
+    credential and for a credential known only by its ``server_label``. Read-only: every
+    public field is a property.
     """
 
     __slots__ = (
         "_fingerprint",
+        "_headers",
+        "_secret",
         "_server",
-        "headers",
-        "server_label",
-        "server_url",
-        "source",
-        "token",
+        "_server_label",
+        "_server_url",
+        "_source",
+        "_token",
     )
-
-    server_url: str | None
-    server_label: str | None
-    token: SecretStr
-    source: CredentialSource | str
-    headers: Mapping[str, str]
-    _server: ServerURL | None
-    _fingerprint: str | None
 
     def __init__(
         self,
@@ -98,22 +90,48 @@ class MCPCredential:
         server_label: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        set_ = _setattr
-        set_(self, "token", token if type(token) is SecretStr else SecretStr(str(token)))
-        set_(self, "source", source)
-        set_(self, "server_url", server_url)
-        set_(self, "server_label", server_label)
-        set_(self, "headers", SecureHeaders(headers) if headers else _EMPTY_HEADERS)
+        if type(token) is str:
+            self._secret = token
+            self._token: SecretStr | None = None
+        elif isinstance(token, SecretStr):
+            self._secret = token.get_secret_value()
+            self._token = token
+        else:
+            raise TypeError("token must be a str or a pydantic.SecretStr")
+        self._source = source
+        self._server_url = server_url
+        self._server_label = server_label
+        self._headers: Mapping[str, str] = SecureHeaders(headers) if headers else _EMPTY_HEADERS
         # Raises ValueError for a URL that is not absolute http(s): a credential is bound to
         # a server we can compare requests against, or to none.
-        set_(self, "_server", None if server_url is None else parse_server_url(server_url))
-        set_(self, "_fingerprint", None)
+        self._server = None if server_url is None else parse_server_url(server_url)
+        self._fingerprint: str | None = None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
+    @property
+    def token(self) -> SecretStr:
+        """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
+        token = self._token
+        if token is None:
+            token = self._token = SecretStr(self._secret)
+        return token
 
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
+    @property
+    def source(self) -> CredentialSource | str:
+        """The source it came from: a :class:`CredentialSource` or a custom source's name."""
+        return self._source
+
+    @property
+    def server_url(self) -> str | None:
+        return self._server_url
+
+    @property
+    def server_label(self) -> str | None:
+        return self._server_label
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Extra (non-auth) headers for that server; ``repr`` shows their names only."""
+        return self._headers
 
     @property
     def server(self) -> ServerURL | None:
@@ -123,24 +141,23 @@ class MCPCredential:
     @property
     def fingerprint(self) -> str:
         """First 12 hex of the token's SHA-256 (safe to log and to use in cache keys)."""
-        fp: str | None = self._fingerprint
+        fp = self._fingerprint
         if fp is None:
-            fp = fingerprint(self.token.get_secret_value())
-            object.__setattr__(self, "_fingerprint", fp)
+            fp = self._fingerprint = fingerprint(self._secret)
         return fp
 
     def bearer(self) -> str:
         """The ``Authorization`` header value: ``Bearer <token>``."""
-        return "Bearer " + self.token.get_secret_value()
+        return "Bearer " + self._secret
 
     def replace(self, **changes: Any) -> MCPCredential:
         """A copy with some fields changed (``server_url`` re-validated)."""
         fields: dict[str, Any] = {
-            "token": self.token,
-            "source": self.source,
-            "server_url": self.server_url,
-            "server_label": self.server_label,
-            "headers": self.headers,
+            "token": self._secret,
+            "source": self._source,
+            "server_url": self._server_url,
+            "server_label": self._server_label,
+            "headers": self._headers,
         }
         fields.update(changes)
         return MCPCredential(**fields)
@@ -150,20 +167,20 @@ class MCPCredential:
             return NotImplemented
         return (
             self._server == other._server
-            and self.server_label == other.server_label
-            and self.source == other.source
-            and self.token.get_secret_value() == other.token.get_secret_value()
-            and dict(self.headers) == dict(other.headers)
+            and self._server_label == other._server_label
+            and self._source == other._source
+            and hmac.compare_digest(self._secret.encode(), other._secret.encode())
+            and dict(self._headers) == dict(other._headers)
         )
 
     def __hash__(self) -> int:
-        return hash((self._server, self.server_label, str(self.source), self.fingerprint))
+        return hash((self._server, self._server_label, str(self._source), self.fingerprint))
 
     def __repr__(self) -> str:
         return (
-            f"MCPCredential(server_url={self.server_url!r}, server_label={self.server_label!r}, "
-            f"source={str(self.source)!r}, token=SecretStr('**********'), "
-            f"headers={self.headers!r})"
+            f"MCPCredential(server_url={self._server_url!r}, "
+            f"server_label={self._server_label!r}, source={str(self._source)!r}, "
+            f"token=SecretStr('**********'), headers={self._headers!r})"
         )
 
     __str__ = __repr__
@@ -190,21 +207,22 @@ class MCPCredentials:
         by_label: dict[str, MCPCredential] = {}
         default: MCPCredential | None = None
         for cred in items:
-            server = cred.server
+            server = cred._server
             if server is not None:
                 if by_url.setdefault(server.url, cred) is not cred:
                     raise ValueError("two credentials for the same server")
-            elif cred.server_label is None:
+            elif cred._server_label is None:
                 if default is not None:
                     raise ValueError("two default credentials")
                 default = cred
-            if cred.server_label is not None:
-                by_label.setdefault(cred.server_label, cred)
-        object.__setattr__(self, "_items", items)
-        object.__setattr__(self, "_by_url", by_url)
-        object.__setattr__(self, "_by_label", by_label)
-        object.__setattr__(self, "_default", default)
-        object.__setattr__(self, "_origins", None)
+            if cred._server_label is not None:
+                by_label.setdefault(cred._server_label, cred)
+        set_ = object.__setattr__
+        set_(self, "_items", items)
+        set_(self, "_by_url", by_url)
+        set_(self, "_by_label", by_label)
+        set_(self, "_default", default)
+        set_(self, "_origins", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("MCPCredentials is immutable")

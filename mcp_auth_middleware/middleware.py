@@ -172,13 +172,9 @@ class _Request:
         try:
             if body is not None and body.tools and mw._check_headers:
                 check_tool_headers(body)
+            scope = self.scope
             request = SourceRequest(
-                self.scope,
-                self.scope["method"],
-                self.scope["path"],
-                body=body,
-                _first=self.headers,
-                _duplicates=self.duplicates,
+                scope, scope["method"], scope["path"], None, body, self.headers, self.duplicates
             )
             found: list[tuple[str, list[MCPCredential]]] = []
             for source in mw._sources:
@@ -194,11 +190,10 @@ class _Request:
         if not found:
             credentials = EMPTY_CREDENTIALS
         else:
-            resolution = resolve(found)
-            credentials = resolution.credentials
+            credentials, resolved = resolve(found)
             if mw._auditor is not None:
                 mw._auditor.resolved(
-                    resolution.resolved,
+                    resolved,
                     method=self.scope["method"],
                     path=self.scope["path"],
                     request_id=self.get_request_id(),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
 
-__all__ = ["Resolution", "Resolved", "credential_key", "resolve"]
+__all__ = ["Resolved", "credential_key", "resolve"]
+
+#: A winning credential and the names of the sources it shadowed.
+Resolved = tuple[MCPCredential, tuple[str, ...]]
 
 
 def credential_key(cred: MCPCredential) -> tuple[str, str]:
@@ -19,19 +21,9 @@ def credential_key(cred: MCPCredential) -> tuple[str, str]:
     return ("default", "")
 
 
-class Resolved(NamedTuple):
-    """The winning credential for one server and the sources it shadowed."""
-
-    credential: MCPCredential
-    shadowed: tuple[str, ...]
-
-
-class Resolution(NamedTuple):
-    credentials: MCPCredentials
-    resolved: tuple[Resolved, ...]
-
-
-def resolve(found: Sequence[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
+def resolve(
+    found: Sequence[tuple[str, Sequence[MCPCredential]]],
+) -> tuple[MCPCredentials, tuple[Resolved, ...]]:
     """``found`` is each source's credentials, in precedence order.
 
     Per server, the first source that supplies a credential wins; each later source that
@@ -40,7 +32,7 @@ def resolve(found: Sequence[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
     if len(found) == 1:  # one source: nothing to shadow (the usual case)
         creds = found[0][1]
         if len(creds) == 1:
-            return Resolution(MCPCredentials(creds), (Resolved(creds[0], ()),))
+            return MCPCredentials(creds), ((creds[0], ()),)
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:
@@ -51,5 +43,5 @@ def resolve(found: Sequence[tuple[str, Sequence[MCPCredential]]]) -> Resolution:
                     shadowed.setdefault(key, []).append(source)
             else:
                 winners[key] = cred
-    resolved = tuple(Resolved(cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
-    return Resolution(MCPCredentials(winners.values()), resolved)
+    resolved = tuple((cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
+    return MCPCredentials(winners.values()), resolved

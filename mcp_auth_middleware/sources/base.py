@@ -108,7 +108,6 @@ class SourceRequest:
         path: str,
         headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
-        *,
         _first: Mapping[bytes, bytes] | None = None,
         _duplicates: bool = True,
     ) -> None:
@@ -175,8 +174,8 @@ def check_token(value: Any, *, require_bearer: bool) -> str | None:
         return None
     if value[:7].lower() == "bearer ":
         token = value[7:].lstrip(" ")
-    elif require_bearer or value.lower() == "bearer":  # a scheme with no token: a mistake
-        return None
+    elif require_bearer or (len(value) == 6 and value.lower() == "bearer"):
+        return None  # no scheme where one is required, or a scheme with no token
     else:
         token = value
     # isprintable() on ASCII admits 0x20-0x7E: with no space, exactly the visible characters.

@@ -69,21 +69,17 @@ def parse_body(body: bytes) -> ParsedBody | None:
         envelope = _decode(body)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return _parse_with_json(body)
-    tools = envelope.tools
-    mcp = (
-        tuple(
-            MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
-            for position, t in enumerate(tools)
-            if t.type == "mcp"
-        )
-        if tools
-        else ()
-    )
+    mcp: list[MCPTool] = []
+    if envelope.tools:
+        for position, t in enumerate(envelope.tools):
+            if t.type == "mcp":
+                tool = MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
+                mcp.append(tool)
     if not mcp and envelope.authorization is None and envelope.mcp_endpoint is None:
         return _EMPTY  # nothing to read here, whatever json.loads would make of the rest
     if _may_differ(body):
         return _parse_with_json(body)
-    return ParsedBody(mcp, envelope.authorization, envelope.mcp_endpoint)
+    return ParsedBody(tuple(mcp), envelope.authorization, envelope.mcp_endpoint)
 
 
 def _parse_with_json(body: bytes) -> ParsedBody | None:

@@ -1,0 +1,274 @@
+"""Where the middleware's time goes on one request: in place, in isolation, and cProfile.
+
+1. In place (ablation): ours is measured interleaved with copies of itself in which one
+   step after another is replaced by its precomputed result (``parse_body``, the body
+   source's ``read``, ``resolve``, the audit event); the drop at each step is what that step
+   costs inside a real request. What is left is the header loop, buffering, the
+   middleware's glue, the ``ContextVar`` and the replay.
+2. In isolation: the same steps with ``timeit`` (best of 7, hot caches: a lower bound).
+3. cProfile of ``--calls`` requests, per request: the functions with the most own time,
+   and the library's functions by cumulative time (the profiler inflates small calls).
+
+Monkeypatching happens in this process only; the library's files are not touched.
+Run: ``python benchmarks/profile_request.py [--size 1024] [--tools 1] [--audit]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import timeit
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import common
+from common import CHUNK, KB, HTTPRequest, Variant, build_app, measure, post_json, responses_body
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_auth_middleware import middleware
+from mcp_auth_middleware.audit import Auditor
+from mcp_auth_middleware.context import _credentials
+from mcp_auth_middleware.resolve import resolve
+from mcp_auth_middleware.sources import body as body_module
+from mcp_auth_middleware.sources.base import SourceRequest
+from mcp_auth_middleware.sources.body import BodySource, check_tool_headers, parse_body
+from mcp_auth_middleware.sources.provider_data import ProviderDataSource
+
+Patch = tuple[Any, str, Any]
+
+
+def _best_us(fn: Callable[[], object], budget_s: float = 0.05, repeat: int = 7) -> float:
+    number = 1
+    while True:
+        t = timeit.timeit(fn, number=number)
+        if t >= budget_s / 5 or number >= 1 << 20:
+            break
+        number *= 4
+    number = max(1, int(number * budget_s / 5 / max(t, 1e-9)))
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, list[str]]:
+    headers: dict[str, list[str]] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        headers.setdefault(name, []).append(raw_value.decode("latin-1"))
+    return headers
+
+
+class Patched:
+    """Runs ``app`` with some library attributes replaced, then restores them, so that
+    ablations can be interleaved with the unpatched app in one measurement."""
+
+    def __init__(self, app: ASGIApp, patches: list[Patch]) -> None:
+        self.app = app
+        self.patches = patches
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in self.patches]
+        for owner, name, value in self.patches:
+            setattr(owner, name, value)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for owner, name, value in saved:
+                setattr(owner, name, value)
+
+
+def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, float]]:
+    scope = request.scope()
+    parsed = parse_body(request.body)
+    source_request = SourceRequest(scope, "POST", scope["path"], _headers(scope), parsed)
+    creds = list(BodySource().read(source_request))
+    resolved_set, resolved = resolve([("body", creds), ("provider_data", [])])
+    steps: list[tuple[str, list[Patch]]] = []
+    if hasattr(body_module, "_may_differ"):  # the parser-agreement check inside parse_body
+        steps.append(("  of which _may_differ", [(body_module, "_may_differ", lambda b: False)]))
+    steps += [
+        ("parse_body", [(middleware, "parse_body", lambda raw: parsed)]),
+        ("BodySource.read (tokens, URLs, creds)", [(BodySource, "read", lambda s, r: creds)]),
+        ("resolve (+ MCPCredentials)", [(middleware, "resolve", lambda found: (resolved_set, resolved))]),
+        ("ProviderDataSource.read (no header)", [(ProviderDataSource, "read", lambda s, r: ())]),
+        ("check_tool_headers", [(middleware, "check_tool_headers", lambda body: None)]),
+        (
+            "inspect.isawaitable + _as_list",
+            [
+                (middleware, "inspect", SimpleNamespace(isawaitable=lambda obj: False)),
+                (middleware, "_as_list", lambda creds, name: creds),
+            ],
+        ),
+    ]
+    if audit:
+        steps.append(("audit event(s)", [(Auditor, "resolved", lambda *a, **k: None)]))
+    ours = build_app("ours_audit" if audit else "ours")
+    text = HTTPRequest("POST", "/v1/files", request.body, b"text/plain")
+    variants = [
+        Variant("bare", Patched(build_app("bare"), []), request),
+        Variant("ours", Patched(ours, []), request),
+    ]
+    patches: list[Patch] = []
+    for name, patch in steps:
+        patches = patches + patch
+        variants.append(Variant(f"- {name}", Patched(ours, patches), request))
+    variants += [
+        Variant("floor", Patched(build_app("floor"), []), request),
+        Variant("bare@text", Patched(build_app("bare"), []), text),
+        Variant("ours@text", Patched(build_app("ours"), []), text),
+    ]
+    res = measure(variants, rounds=rounds, batch_s=0.004)
+
+    def extra(name: str, base: str = "bare") -> float:
+        return common.median_diff(res[name].cpu, res[base].cpu) * 1e6
+
+    out = [
+        (f"bare app, per request (median {common.median(res['bare'].cpu) * 1e6:.1f} µs)", 0.0),
+        ("ours: extra over bare, end to end", extra("ours")),
+    ]
+    previous = "ours"
+    for name, _ in steps:
+        out.append((f"  {name}", extra(previous) - extra(f"- {name}")))
+        previous = f"- {name}"
+    if out[2][0].strip().startswith("of which"):  # parse_body's figure includes _may_differ
+        out[3] = (out[3][0] + " (with _may_differ)", out[3][1] + out[2][1])
+        out[2], out[3] = out[3], ("  " + out[2][0], out[2][1])
+    out.append(("  the rest: headers, buffering, glue, ContextVar, replay", extra(previous)))
+    out.append(
+        (
+            "    of which the content-type check (a text/plain request)",
+            extra("ours@text", "bare@text"),
+        )
+    )
+    out.append(("(floor: buffer + bytes scan + replay, extra over bare)", extra("floor")))
+    return out
+
+
+def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
+    scope = request.scope()
+    raw = request.body
+    chunks = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)] or [b""]
+    headers = _headers(scope)
+    parsed = parse_body(raw)
+    source_request = SourceRequest(scope, "POST", scope["path"], headers, parsed)
+    body_source = BodySource()
+    provider = ProviderDataSource("X-LlamaStack-Provider-Data")
+    found = [("body", list(body_source.read(source_request))), ("provider_data", [])]
+    resolved_set, resolved = resolve(found)
+    out = [
+        ("header dict (decode, lower)", _best_us(lambda: _headers(scope))),
+        ("join chunks" if len(chunks) > 1 else "bytes(body)", _best_us(lambda: b"".join(chunks))),
+        ("parse_body", _best_us(lambda: parse_body(raw))),
+        ("check_tool_headers", _best_us(lambda: check_tool_headers(parsed))),  # type: ignore[arg-type]
+        (
+            "SourceRequest()",
+            _best_us(lambda: SourceRequest(scope, "POST", scope["path"], headers, parsed)),
+        ),
+        ("BodySource.read", _best_us(lambda: body_source.read(source_request))),
+        ("ProviderDataSource.read (no header)", _best_us(lambda: provider.read(source_request))),
+        ("resolve (+ MCPCredentials)", _best_us(lambda: resolve(found))),
+        (
+            "ContextVar set + reset",
+            _best_us(lambda: _credentials.reset(_credentials.set(resolved_set))),
+        ),
+    ]
+    if audit:
+        auditor = Auditor()
+        out.append(
+            (
+                "audit event(s) (structlog JSON to a file)",
+                _best_us(
+                    lambda: auditor.resolved(
+                        resolved, method="POST", path="/v1/responses", request_id=None
+                    )
+                ),
+            )
+        )
+    return out
+
+
+_LIB_FILES = (
+    "middleware.py",
+    "body.py",
+    "base.py",
+    "resolve.py",
+    "credentials.py",
+    "audit.py",
+    "provider_data.py",
+    "urls.py",
+    "context.py",
+)
+
+
+def profile(request: HTTPRequest, audit: bool, calls: int, top: int) -> None:
+    app = build_app("ours_audit" if audit else "ours")
+    scope = request.scope()
+    loop = asyncio.new_event_loop()
+
+    async def many() -> None:
+        for _ in range(calls):
+            await common.call(app, request, scope)
+
+    try:
+        loop.run_until_complete(many())  # warm-up
+        profiler = cProfile.Profile()
+        profiler.enable()
+        loop.run_until_complete(many())
+        profiler.disable()
+    finally:
+        loop.close()
+    stats = pstats.Stats(profiler)
+    rows: list[tuple[float, float, int, str]] = []
+    for (path, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        name = func if path == "~" else f"{os.path.basename(path)}:{line}({func})"
+        rows.append((tottime / calls * 1e6, cumtime / calls * 1e6, ncalls // calls, name))
+    say = sys.stdout.write
+    say(f"\ncProfile, per request ({calls} requests; the profiler inflates small functions)\n")
+    say(f"{'own µs':>8} {'cum µs':>8} {'calls':>6}  function (most own time)\n")
+    for own, cum, n, name in sorted(rows, reverse=True)[:top]:
+        say(f"{own:8.2f} {cum:8.2f} {n:6}  {name}\n")
+    say("\nthe library's functions by cumulative time:\n")
+    ours = [r for r in rows if r[3].split(":")[0] in _LIB_FILES]
+    for own, cum, n, name in sorted(ours, key=lambda r: -r[1])[:top]:
+        say(f"{own:8.2f} {cum:8.2f} {n:6}  {name}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size", type=int, default=1 * KB, help="body bytes")
+    parser.add_argument("--tools", type=int, default=1)
+    parser.add_argument("--audit", action="store_true", help="audit on (JSON lines to a file)")
+    parser.add_argument("--calls", type=int, default=0, help="profiled requests (default: auto)")
+    parser.add_argument("--rounds", type=int, default=41)
+    parser.add_argument("--top", type=int, default=22)
+    args = parser.parse_args(argv)
+    fd, log_path = tempfile.mkstemp(prefix="bench-audit-", suffix=".jsonl")
+    os.close(fd)
+    close = common.configure_json_logging(log_path)
+    try:
+        request = post_json(responses_body(args.size, tools=args.tools))
+        calls = args.calls or max(5, min(5000, 5_000_000 // max(args.size, 1)))
+        say = sys.stdout.write
+        say(
+            f"body {len(request.body)} bytes, {args.tools} MCP tool(s), "
+            f"audit {'on' if args.audit else 'off'}, "
+            f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_')}\n\n"
+            f"in place (ablation; CPU µs, median of {args.rounds} rounds of per-round diffs):\n"
+        )
+        for name, us in ablation(request, args.audit, args.rounds):
+            say(f"  {us:9.2f} µs  {name}\n" if us else f"  {name}\n")
+        say("\nin isolation (best of 7; hot caches, so a lower bound):\n")
+        for name, us in stages(request, args.audit):
+            say(f"  {us:9.2f} µs  {name}\n")
+        profile(request, args.audit, calls, args.top)
+    finally:
+        close()
+        os.unlink(log_path)
+
+
+if __name__ == "__main__":
+    main()
