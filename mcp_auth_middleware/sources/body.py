@@ -42,7 +42,7 @@ _BODY: Final = CredentialSource.BODY.value
 _SOURCE: Final = CredentialSource.BODY
 
 
-class _Tool(msgspec.Struct):
+class _Tool(msgspec.Struct, gc=False):
     type: Any = None
     server_url: Any = None
     server_label: Any = None
@@ -50,7 +50,7 @@ class _Tool(msgspec.Struct):
     headers: Any = None
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, gc=False):
     # A ``tools`` that is not a list of objects fails validation: json.loads then decides.
     tools: list[_Tool] | None = None
     authorization: Any = None
