@@ -93,7 +93,10 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
     steps += [
         ("parse_body", [(middleware, "parse_body", lambda raw: parsed)]),
         ("BodySource.read (tokens, URLs, creds)", [(BodySource, "read", lambda s, r: creds)]),
-        ("resolve (+ MCPCredentials)", [(middleware, "resolve", lambda found: (resolved_set, resolved))]),
+        (
+            "resolve (+ MCPCredentials)",
+            [(middleware, "resolve", lambda found: (resolved_set, resolved))],
+        ),
         ("ProviderDataSource.read (no header)", [(ProviderDataSource, "read", lambda s, r: ())]),
         ("check_tool_headers", [(middleware, "check_tool_headers", lambda body: None)]),
         (

@@ -10,10 +10,12 @@ No LLM is involved. Routes:
 * ``POST /v1/tool-runtime/invoke``: call ``tool_name`` with ``kwargs`` on ``mcp_endpoint.uri``,
   or on the server ``tool_servers`` configures for it, with the top-level ``authorization``.
 
-The gateway never reads a token: the middleware scopes the caller's credentials and
-``MCPBearerAuth`` on the one shared MCP HTTP client picks the right one per outgoing request.
-A failure at the MCP server (a 401 for a missing or wrong token) becomes an error item or an
-error result, not a crash, and is never retried with any other credential.
+The gateway never reads a token: the middleware scopes the caller's credentials, and the MCP
+sessions pick the caller's own. By default they come from an ``MCPSessionPool`` (opened in the
+lifespan, ``app.state.mcp_sessions.pool``), which lends a caller only a session that their own
+credential opened; ``create_app(reuse_sessions=False)`` opens a new session per request
+instead. A failure at the MCP server (a 401 for a missing or wrong token) becomes an error
+item or an error result, not a crash, and is never retried with any other credential.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -33,7 +35,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import ContentBlock, TextContent
+from mcp.types import CallToolResult, ContentBlock, ListToolsResult, TextContent
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
@@ -44,12 +46,13 @@ from mcp_auth_middleware import (
     current_credentials,
     use_credentials,
 )
+from mcp_auth_middleware.sessions import MCPSessionPool
 
 Item = dict[str, Any]
 SendEvent = Callable[[Item], Awaitable[None]]
 
 _SECRET_KEYS = ("authorization", "headers")  # never echoed back in ``response.tools``
-_http_errors: ContextVar[list[int]] = ContextVar("gateway_mcp_http_errors")
+_HTTP_TIMEOUT = 30.0
 
 
 class MCPFailure(Exception):
@@ -61,61 +64,120 @@ class MCPFailure(Exception):
         self.error: Item = {"type": kind, "code": code, "message": message}
 
 
-def _failure(exc: BaseException, http_errors: list[int]) -> MCPFailure:
-    if http_errors:  # the SDK reports an HTTP error as a generic JSON-RPC one: use the status
-        return MCPFailure(
-            "http_error", http_errors[0], f"MCP server answered HTTP {http_errors[0]}"
-        )
+def _failure(exc: BaseException) -> MCPFailure:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return _failure(exc.exceptions[0], http_errors)
+        return _failure(exc.exceptions[0])
+    if isinstance(exc, httpx2.HTTPStatusError):
+        status = exc.response.status_code
+        return MCPFailure("http_error", status, f"MCP server answered HTTP {status}")
     if isinstance(exc, MCPError):
         return MCPFailure("mcp_protocol_error", exc.code, exc.message)
     return MCPFailure("mcp_protocol_error", -32603, type(exc).__name__)
 
 
-async def _note_http_error(response: httpx2.Response) -> None:
-    errors = _http_errors.get(None)
-    if errors is not None and response.is_error:
-        errors.append(response.status_code)
+async def _raise_http_error(response: httpx2.Response) -> None:
+    """Keep the HTTP status of a failure, which the SDK would turn into a bare -32603.
+
+    Raised from this hook, the error ends the session: any error while opening it (no session
+    id yet), and a refused credential (401, 403) at any time, which also ends a pooled session
+    whose token the server stopped accepting (the call in flight fails with "Connection
+    closed"; the next one opens afresh and gets the 401). Other errors on an open session stay
+    the SDK's, per call: its 404 is how the pool sees a session the server dropped.
+    """
+    if response.is_error and (
+        response.status_code in (401, 403) or "mcp-session-id" not in response.request.headers
+    ):
+        response.raise_for_status()
+
+
+_EVENT_HOOKS = {"response": [_raise_http_error]}
+
+
+def _pooled_client(*, auth: httpx2.Auth, timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+    """The HTTP client of one pooled session (its ``auth`` holds that session's credential)."""
+    return httpx2.AsyncClient(auth=auth, timeout=timeout, event_hooks=_EVENT_HOOKS)
+
+
+class ToolSession(Protocol):
+    """What a route does on an MCP server: a ``ClientSession``, or :class:`_Borrowing`."""
+
+    async def list_tools(self) -> ListToolsResult: ...
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None
+    ) -> CallToolResult: ...
+
+
+@dataclass(frozen=True)
+class _Borrowing:
+    """One server's sessions in the pool: each call borrows the caller's own pooled session,
+    and is retried once on a fresh one if the server had dropped it (e.g. after a restart)."""
+
+    pool: MCPSessionPool
+    server_url: str
+
+    async def list_tools(self) -> ListToolsResult:
+        return await self.pool.list_tools(self.server_url)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> CallToolResult:
+        return await self.pool.call_tool(self.server_url, name, arguments)
 
 
 class MCPSessions:
-    """Opens MCP sessions that carry the current request's credential, ``limit`` at most at once.
+    """The one place the routes get MCP sessions, for the current request's credentials.
 
-    An open streamable-HTTP session holds a pooled connection for its GET stream: with as many
-    open sessions as pool connections, none can POST and all stall until the pool timeout. So
-    sessions are capped and the pool sized above the cap.
+    ``reuse=True``: from an :class:`MCPSessionPool` keyed by server and credential, at most
+    ``max_sessions`` pooled. ``reuse=False``: a new session per request on one shared HTTP
+    client whose ``MCPBearerAuth`` reads the request's credentials, ``max_sessions`` open at
+    once. (An open streamable-HTTP session holds a connection for its GET stream: with as many
+    open sessions as pool connections none could POST, so the pool is sized above the cap.)
     """
 
-    def __init__(self, limit: int = 50) -> None:
-        self.limiter = anyio.CapacityLimiter(limit)
-        self.http = httpx2.AsyncClient(
-            auth=MCPBearerAuth(),
-            timeout=30.0,
-            limits=httpx2.Limits(max_connections=2 * limit),
-            event_hooks={"response": [_note_http_error]},
-        )
+    def __init__(self, *, reuse: bool, max_sessions: int) -> None:
+        self.reuse, self.max_sessions = reuse, max_sessions
+        self.pool: MCPSessionPool | None = None  # while the app runs, with reuse
+        self._http: httpx2.AsyncClient | None = None  # while the app runs, without
+        self._limiter = anyio.CapacityLimiter(max_sessions)
 
     @asynccontextmanager
-    async def open(self, server_url: str) -> AsyncIterator[ClientSession]:
-        """An initialised session; any failure, in the block too, raises :class:`MCPFailure`.
+    async def running(self) -> AsyncIterator[None]:
+        """For the app's lifespan: leaving it closes every session."""
+        if self.reuse:
+            pool = MCPSessionPool(
+                max_sessions=self.max_sessions,
+                http_timeout=_HTTP_TIMEOUT,
+                http_client_factory=_pooled_client,
+            )
+            async with pool:
+                self.pool = pool
+                yield
+        else:
+            self._http = httpx2.AsyncClient(
+                auth=MCPBearerAuth(),
+                timeout=_HTTP_TIMEOUT,
+                limits=httpx2.Limits(max_connections=2 * self.max_sessions),
+                event_hooks=_EVENT_HOOKS,
+            )
+            async with self._http:
+                yield
 
-        The one place sessions are made: a credential-keyed session pool would plug in here.
-        """
-        http_errors: list[int] = []
-        reset = _http_errors.set(http_errors)  # the transport's tasks inherit this list
+    @asynccontextmanager
+    async def open(self, server_url: str) -> AsyncIterator[ToolSession]:
+        """Sessions to ``server_url``; any failure, in the block too, raises :class:`MCPFailure`."""
         try:
+            if self.pool is not None:
+                yield _Borrowing(self.pool, server_url)
+                return
+            assert self._http is not None, "MCPSessions used outside the app's lifespan"
             async with (
-                self.limiter,
-                streamable_http_client(server_url, http_client=self.http) as (read, write),
+                self._limiter,
+                streamable_http_client(server_url, http_client=self._http) as (read, write),
                 ClientSession(read, write) as session,
             ):
                 await session.initialize()
                 yield session
         except Exception as exc:
-            raise _failure(exc, http_errors) from exc
-        finally:
-            _http_errors.reset(reset)
+            raise _failure(exc) from exc
 
 
 def _text(content: list[ContentBlock]) -> str:
@@ -265,22 +327,26 @@ def create_app(
     *,
     tool_servers: Mapping[str, str] | None = None,
     max_sessions: int = 50,
+    reuse_sessions: bool = True,
 ) -> FastAPI:
     """The gateway app; ``config`` defaults to ``MCPAuthConfig.from_env()``.
 
     ``tool_servers`` maps a tool-runtime ``tool_name`` to the URL of the MCP server that has
-    it, for invocations that name no ``mcp_endpoint``.
+    it, for invocations that name no ``mcp_endpoint``. ``reuse_sessions`` keeps each caller's
+    MCP sessions open in a pool (``app.state.mcp_sessions.pool``, for its ``stats``); off, each
+    request opens and closes its own. ``max_sessions`` bounds either.
     """
     servers = dict(tool_servers or {})
-    sessions = MCPSessions(max_sessions)
+    sessions = MCPSessions(reuse=reuse_sessions, max_sessions=max_sessions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with sessions.http:
+        async with sessions.running():
             yield
 
     app = FastAPI(lifespan=lifespan)
     app.add_middleware(MCPAuthMiddleware, config=config or MCPAuthConfig.from_env())
+    app.state.mcp_sessions = sessions
 
     @app.post("/v1/responses", response_model=None)
     @app.post("/v1/openai/v1/responses", response_model=None)  # llama-stack-client 0.2.x

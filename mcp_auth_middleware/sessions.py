@@ -499,7 +499,11 @@ class MCPSessionPool:
                         counters["temporary"] += 1
                     entry.ready.set()
                     self._log.debug(SESSION_OPENED, **entry.log_fields())
-                    await entry.closing.wait()
+                    try:
+                        await entry.closing.wait()
+                    finally:
+                        # Stopped serving (closed, or its transport failed): lend it no more.
+                        self._retire(entry)
                     scope.deadline = anyio.current_time() + self.http_timeout
             if scope.cancelled_caught and entry.session is None:
                 raise TimeoutError("timed out opening the MCP session")

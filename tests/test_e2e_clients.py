@@ -4,20 +4,26 @@ Everything runs on 127.0.0.1 under uvicorn: ``examples.gateway`` (FastAPI with
 ``MCPAuthMiddleware``) and ``examples.mcp_server``, a real MCP server that verifies bearer
 tokens and records which user each tool call came from. The callers use the SDKs exactly as
 their users would; the MCP server's answer and its record say whose token arrived.
+
+The gateway reuses MCP sessions (``MCPSessionPool``) unless told not to; the tests whose path
+differs between the two run with both (``reuse`` and ``per-request``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx2
 import llama_stack_client
 import openai
 import pytest
 from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
@@ -33,9 +39,14 @@ from openai.types.responses import (
     ResponseStreamEvent,
 )
 from openai.types.responses.response_output_item import McpCall, McpListTools
+from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from examples.gateway import create_app
+from examples import gateway as gateway_module
+from examples.gateway import MCPSessions, create_app
 from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import (
     CREDENTIAL_REJECTED,
@@ -55,6 +66,7 @@ DAVE = "dave-token-7777777777"
 WRONG = "nobodys-token-000000"
 USERS = {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave"}
 TIMEOUT = 10.0  # per SDK request; the SDKs' retries are off, so every wait is bounded
+BOTH_MODES = pytest.mark.parametrize("reuse_sessions", [True, False], ids=["reuse", "per-request"])
 
 
 @pytest.fixture
@@ -73,9 +85,26 @@ def _gateway(mcp_url: str, config: MCPAuthConfig) -> Any:
 
 
 @pytest.fixture
-def gateway(mcp_url: str) -> Iterator[str]:
-    with _gateway(mcp_url, MCPAuthConfig()) as base:
+def reuse_sessions() -> bool:
+    """The gateway's default; ``BOTH_MODES`` runs a test with ``False`` too."""
+    return True
+
+
+@pytest.fixture
+def gateway_app(mcp_url: str, reuse_sessions: bool) -> FastAPI:
+    config = MCPAuthConfig()
+    return create_app(config, tool_servers={"whoami": mcp_url}, reuse_sessions=reuse_sessions)
+
+
+@pytest.fixture
+def gateway(gateway_app: FastAPI) -> Iterator[str]:
+    with serve(gateway_app) as base:
         yield base
+
+
+def _sessions(app: FastAPI) -> MCPSessions:
+    sessions: MCPSessions = app.state.mcp_sessions
+    return sessions
 
 
 def _openai(gateway: str) -> openai.OpenAI:
@@ -186,12 +215,19 @@ def test_openai_authorization_in_tool_headers_is_a_bad_request(
     assert mcp.calls == []
 
 
+@BOTH_MODES
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize("token", [None, WRONG], ids=["missing", "wrong"])
 def test_mcp_servers_401_is_an_mcp_call_error_never_a_retry_as_someone_else(
-    mcp: RecordingMCPServer, mcp_url: str, gateway: str, token: str | None, stream: bool
+    mcp: RecordingMCPServer,
+    mcp_url: str,
+    gateway_app: FastAPI,
+    gateway: str,
+    token: str | None,
+    stream: bool,
 ) -> None:
-    """The 401 is reported in the output; no other caller's token is ever tried instead."""
+    """The 401 is reported in the output; no other caller's token is ever tried instead, not
+    even alice's pooled session, and the refused session is not pooled."""
     with _openai(gateway) as client:
         _whoami(client, mcp_url, ALICE, stream=False)  # alice's credential was used before
         response, events = _whoami(client, mcp_url, token, stream=stream)
@@ -211,6 +247,31 @@ def test_mcp_servers_401_is_an_mcp_call_error_never_a_retry_as_someone_else(
     # Only alice's own call ran; the refused token is the only one the server turned down.
     assert mcp.calls == [Call(user="alice", tool="whoami")]
     assert set(mcp.rejected) == (set() if token is None else {fingerprint(token)})
+    pool = _sessions(gateway_app).pool
+    assert pool is None or len(pool) == 1  # alice's
+
+
+async def _overloaded(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("overloaded", status_code=503)
+
+
+@BOTH_MODES
+def test_an_mcp_servers_http_error_is_reported_with_its_status(reuse_sessions: bool) -> None:
+    """Not only a 401: a server (or the proxy before it) answering 503 gives an ``http_error``
+    503 in the output, and nothing is pooled."""
+    overloaded = Starlette(routes=[Route("/mcp", _overloaded, methods=["GET", "POST", "DELETE"])])
+    app = create_app(MCPAuthConfig(), reuse_sessions=reuse_sessions)
+    with serve(overloaded) as base, serve(app) as gateway, _openai(gateway) as client:
+        response, _ = _whoami(client, f"{base}/mcp", ALICE, stream=False)
+    _, call = _calls(response)
+    assert call.error is not None
+    assert call.error.model_dump() == {
+        "type": "http_error",
+        "code": 503,
+        "message": "MCP server answered HTTP 503",
+    }
+    pool = _sessions(app).pool
+    assert pool is None or len(pool) == 0
 
 
 # --- llama-stack-client ------------------------------------------------------------------
@@ -254,6 +315,79 @@ def test_llama_stack_tool_runtime_wrong_token_is_an_error_result(
     assert (result.content, result.error_code) == (None, 401)
     assert mcp.calls == []
     assert set(mcp.rejected) == {fingerprint(WRONG)}
+
+
+def _invoke_as(client: Any, token: str) -> Any:
+    """``tool_runtime.invoke_tool("whoami")`` with ``token`` (the configured server)."""
+    return client.tool_runtime.invoke_tool(
+        tool_name="whoami", kwargs={}, extra_body={"authorization": token}
+    )
+
+
+REFUSED_WITHIN = 10  # calls (50 ms apart) until a revoked token's pooled session is gone
+
+
+def test_a_token_revoked_while_its_session_is_pooled_is_refused_and_not_reused(
+    mcp: RecordingMCPServer, gateway_app: FastAPI, gateway: str
+) -> None:
+    """The MCP server stops accepting alice's token while her session is pooled: her calls
+    fail (never answered, never with another token, no hang), soon with the server's 401 and
+    nothing left pooled; once the token is valid again a fresh session serves her."""
+    pool = _sessions(gateway_app).pool
+    assert pool is not None
+    assert isinstance(mcp.tokens, dict)
+    with _llama_stack(gateway) as client:
+        assert _invoke_as(client, ALICE).content == "alice"
+        del mcp.tokens[ALICE]
+        refusals = []
+        for _ in range(REFUSED_WITHIN):
+            result = _invoke_as(client, ALICE)
+            refusals.append((result.content, result.error_code))
+            if result.error_code == 401:
+                break
+            time.sleep(0.05)
+        # The first call to meet the refusal ends alice's pooled session ("Connection closed");
+        # the session leaves the pool as soon as it stops serving (see the test below).
+        assert all(content is None and code is not None for content, code in refusals)
+        assert refusals[-1] == (None, 401)
+        assert len(pool) == 0
+        mcp.tokens[ALICE] = "alice"
+        assert _invoke_as(client, ALICE).content == "alice"
+    assert pool.stats.opened == 2
+    assert mcp.calls == [Call(user="alice", tool="whoami")] * 2
+    assert set(mcp.rejected) == {fingerprint(ALICE)}
+
+
+CLOSE_DELAY = 0.5  # s: how long a pooled session's HTTP client takes to close, below
+
+
+class _SlowToClose(httpx2.AsyncClient):
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await anyio.sleep(CLOSE_DELAY)
+        await super().__aexit__(*exc_info)
+
+
+def test_a_session_whose_transport_failed_is_never_lent_again(
+    mcp: RecordingMCPServer, mcp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with closing a session made slow (its HTTP client takes ``CLOSE_DELAY``):
+    the call right after the one that ended alice's session must open a fresh session and
+    get the 401, not the dead session's "Connection closed"."""
+    pooled_client = gateway_module._pooled_client
+
+    def slow_to_close(*, auth: httpx2.Auth, timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+        hooks = pooled_client(auth=auth, timeout=timeout).event_hooks
+        return _SlowToClose(auth=auth, timeout=timeout, event_hooks=hooks)
+
+    monkeypatch.setattr(gateway_module, "_pooled_client", slow_to_close)
+    assert isinstance(mcp.tokens, dict)
+    app = create_app(MCPAuthConfig(), tool_servers={"whoami": mcp_url})
+    with serve(app) as gateway, _llama_stack(gateway) as client:
+        assert _invoke_as(client, ALICE).content == "alice"
+        del mcp.tokens[ALICE]
+        assert _invoke_as(client, ALICE).content is None  # ends the session
+        result = _invoke_as(client, ALICE)  # well within CLOSE_DELAY
+        assert (result.content, result.error_code) == (None, 401)
 
 
 def test_llama_stack_provider_data_is_refused_once_the_migration_is_finished(
@@ -321,13 +455,15 @@ PER_USER = 24  # x 5 callers = 120 requests in flight at once
 CONCURRENT_TIMEOUT = 40.0  # they share one CPU with both servers: ~10-20 s in all
 
 
+@BOTH_MODES
 @pytest.mark.anyio
 async def test_concurrent_callers_each_reach_the_mcp_server_only_as_themselves(
-    mcp: RecordingMCPServer, mcp_url: str, gateway: str
+    mcp: RecordingMCPServer, mcp_url: str, gateway_app: FastAPI, gateway: str, reuse_sessions: bool
 ) -> None:
-    """120 requests at once through one gateway and its one shared MCP client: alice, bob and
-    carol with ``authorization`` (AsyncOpenAI), dave with provider data (AsyncLlamaStackClient),
-    and mallory with a wrong token, who only ever gets her own 401 and never anyone's answer."""
+    """120 requests at once through one gateway: alice, bob and carol with ``authorization``
+    (AsyncOpenAI), dave with provider data (AsyncLlamaStackClient), and mallory with a wrong
+    token, who only ever gets her own 401 and never anyone's answer. With reuse, each user's
+    requests share the one session their token opened; without, each opens its own."""
     answers: list[tuple[str, str | None]] = []
     client: Any = {"max_retries": 0, "timeout": CONCURRENT_TIMEOUT}
 
@@ -363,3 +499,15 @@ async def test_concurrent_callers_each_reach_the_mcp_server_only_as_themselves(
     # The MCP server's own record: each user's calls under their own token, exactly.
     assert Counter(c.user for c in mcp.calls) == {user: PER_USER for user in USERS.values()}
     assert set(mcp.rejected) == {fingerprint(WRONG)}
+    pool = _sessions(gateway_app).pool
+    if not reuse_sessions:
+        assert pool is None
+        return
+    assert pool is not None
+    # One session per user, opened once; each request borrowed it twice (list, call). The
+    # wrong token's sessions failed to open and were never pooled, so never lent.
+    stats = pool.stats
+    assert stats.opened == len(USERS)
+    assert stats.reused == 2 * len(mcp.calls) - stats.opened
+    assert (stats.temporary, stats.evicted, stats.replaced) == (0, 0, 0)
+    assert len(pool) == len(USERS)

@@ -28,11 +28,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import MCPAuthMiddleware, MCPBearerAuth, current_credentials
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.urls import normalize_server_url
 from tests.helpers import mcp_tool, provider_data
-from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 
 pytestmark = pytest.mark.e2e
 
