@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: all install demo test lint typecheck unit bench clean
+.PHONY: all install demo test lint typecheck unit bench bench-quick soak clean
 
 all: test
 
@@ -33,8 +34,19 @@ unit: $(STAMP)
 ## The whole suite: lint, types, tests (unit and end-to-end over 127.0.0.1).
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_inprocess.py
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## One table of ratios against the targets: in-process, memory, HTTP (wrk if installed,
+## else a bounded asyncio client), MCP session reuse. About 4 minutes; bench-quick about 1.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_sessions.py
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
+	$(BIN)/python benchmarks/bench_sessions.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
