@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import hmac
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -125,6 +126,16 @@ class MCPSessionPoolStats:
 class _Key(NamedTuple):
     server: str  # normalised URL; may hold a query, so never logged (``loggable`` is)
     fingerprint: str | None
+    # A digest of the extra headers: one caller may send the same token with and without
+    # them (body vs provider data), and each variant keeps a session of its own.
+    headers: str | None = None
+
+
+def _headers_digest(cred: MCPCredential | None) -> str | None:
+    if cred is None or not cred.headers:
+        return None
+    items = "\n".join(f"{name.lower()}:{value}" for name, value in sorted(cred.headers.items()))
+    return hashlib.sha256(items.encode()).hexdigest()[:12]
 
 
 class _Session:
@@ -391,7 +402,7 @@ class MCPSessionPool:
     async def _acquire(self, url: str, server: ServerURL, cred: MCPCredential | None) -> _Session:
         if self._tasks is None:
             raise PoolClosedError(POOL_NOT_OPEN)
-        key = _Key(server.url, None if cred is None else cred.fingerprint)
+        key = _Key(server.url, None if cred is None else cred.fingerprint, _headers_digest(cred))
         # No await between the lookup and the insertion: concurrent first use of a key
         # finds the entry the first borrower created and waits for the same session.
         entry = self._entries.get(key)

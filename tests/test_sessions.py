@@ -27,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import (
+    CredentialSource,
     InsecureTransportError,
     MCPAuthMiddleware,
     MCPCredential,
@@ -174,6 +175,29 @@ async def test_a_different_token_gets_a_different_session(upstream: Upstream) ->
         assert answers == ["alice", "bob", "alice", "bob"]
         assert pool.stats == stats(opened=2, reused=2)
     assert len(upstream.sessions_of(ALICE)) == len(upstream.sessions_of(BOB)) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_one_token_with_and_without_extra_headers_keeps_a_session_for_each(
+    upstream: Upstream,
+) -> None:
+    """A caller alternating carriers (body: no extra headers; provider data: some) reuses
+    one session per variant, instead of replacing one session on every switch."""
+    plain = upstream.cred(ALICE)
+    extra = MCPCredential(
+        token=ALICE,
+        source=CredentialSource.PROVIDER_DATA,
+        server_url=upstream.url,
+        headers={"X-Tenant": "t1"},
+    )
+    async with MCPSessionPool() as pool:
+        for cred in (plain, extra, plain, extra):
+            with use_credentials([cred]), anyio.fail_after(WAIT):
+                result = await pool.call_tool(upstream.url, "whoami")
+            assert (result.structured_content or {})["result"] == "alice"
+        assert pool.stats == stats(opened=2, reused=2)
+        assert len(pool) == 2
 
 
 @pytest.mark.e2e
