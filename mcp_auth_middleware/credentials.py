@@ -224,6 +224,19 @@ class MCPCredentials:
         set_(self, "_default", default)
         set_(self, "_origins", None)
 
+    @classmethod
+    def _of_one(cls, cred: MCPCredential) -> MCPCredentials:
+        """The set of one credential, built without the general constructor's checks."""
+        self = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "_items", (cred,))
+        server, label = cred._server, cred._server_label
+        set_(self, "_by_url", {} if server is None else {server.url: cred})
+        set_(self, "_by_label", {} if label is None else {label: cred})
+        set_(self, "_default", cred if server is None and label is None else None)
+        set_(self, "_origins", None)
+        return self
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("MCPCredentials is immutable")
 

@@ -77,7 +77,11 @@ def parse_body(body: bytes) -> ParsedBody | None:
                 mcp.append(tool)
     if not mcp and envelope.authorization is None and envelope.mcp_endpoint is None:
         return _EMPTY  # nothing to read here, whatever json.loads would make of the rest
-    if _may_differ(body):
+    if body.isascii():  # the usual case, inlined: only the digit-run check can apply
+        limit = sys.get_int_max_str_digits()
+        if limit and len(body) > limit and _has_digit_run(body, limit + 1):
+            return _parse_with_json(body)
+    elif _may_differ(body):
         return _parse_with_json(body)
     return ParsedBody(tuple(mcp), envelope.authorization, envelope.mcp_endpoint)
 
