@@ -181,3 +181,28 @@ async def test_with_every_source_disabled_nothing_is_scoped() -> None:
     body = {"tools": [mcp_tool(URL, "from-body", "srv")], "authorization": "from-body-top"}
     headers = {"X-MCP-srv-Authorization": "Bearer from-header", **provider({URL: "from-pd"})}
     assert await seen(config, body, headers) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_header", [False, True], ids=["no-header", "provider-data-header"])
+async def test_a_source_left_out_of_precedence_supplies_nothing(with_header: bool) -> None:
+    """``precedence`` without ``body``: the body's credentials are not scoped, with or
+    without a provider-data header on the request (the two paths through the middleware)."""
+    config = MCPAuthConfig(precedence=("provider_data",))
+    body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
+    headers = provider({OTHER_URL: "from-pd"}) if with_header else {}
+    expected = [(OTHER_URL, "provider_data", "from-pd")] if with_header else []
+    assert await seen(config, body, headers) == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_header", [False, True], ids=["no-header", "provider-data-header"])
+async def test_body_credentials_are_the_same_with_or_without_a_provider_data_header(
+    with_header: bool,
+) -> None:
+    """The body's credentials do not depend on whether another source had anything to say."""
+    body = {"tools": [mcp_tool(URL, "from-body", "srv"), mcp_tool(SAME_URL, "from-body", "s2")]}
+    headers = provider({OTHER_URL: "from-pd"}) if with_header else {}
+    got = await seen(MCPAuthConfig(), body, headers)
+    assert (URL, "body", "from-body") in got
+    assert len(got) == (2 if with_header else 1)

@@ -216,7 +216,11 @@ class BodySource:
     needs_body = True
 
     def read(self, request: SourceRequest) -> list[MCPCredential]:
-        body = request.body
+        return self.read_parsed(request.body)
+
+    def read_parsed(self, body: ParsedBody | None) -> list[MCPCredential]:
+        """:meth:`read` on a parsed body (the middleware's path when no other source can
+        supply anything)."""
         if body is None:
             return []
         found: list[MCPCredential] = []
