@@ -75,19 +75,15 @@ class MCPAuthMiddleware:
             builtin[CredentialSource.PROVIDER_DATA.value] = ProviderDataSource(
                 config.provider_data_header, config.provider_data
             )
+        builtin_names = frozenset(builtin)
         builtin.update((source.name, source) for source in config.sources)
         self._sources: tuple[MCPCredentialSource, ...] = tuple(
             builtin[name] for name in config.precedence if name in builtin
         )
-        # The usual configuration (the body, and the provider-data header if on) needs no
-        # generic source loop when the request has no provider-data header.
-        self._body_only: BodySource | None = None
-        self._provider_data_key: bytes | None = None
-        body_listed = CredentialSource.BODY.value in config.precedence
-        if config.body and body_listed and not config.sources and not config.server_headers:
-            self._body_only = builtin[CredentialSource.BODY.value]  # type: ignore[assignment]
-            if config.provider_data is not ProviderDataMode.IGNORE:
-                self._provider_data_key = config.provider_data_header.lower().encode("latin-1")
+        # Built-in sources return lists of credentials; only custom ones need checking.
+        self._checked = tuple(
+            (source, source.name, source.name not in builtin_names) for source in self._sources
+        )
         self._active = config.enabled and bool(self._sources)
         self._read_body = any(source.needs_body for source in self._sources)
         self._check_headers = config.body  # a disabled body source reads no tool
@@ -181,31 +177,19 @@ class _Request:
         try:
             if body is not None and body.tools and mw._check_headers:
                 check_tool_headers(body)
+            scope = self.scope
+            request = SourceRequest(
+                scope, scope["method"], scope["path"], None, body, self.headers, self.duplicates
+            )
             found: list[tuple[str, list[MCPCredential]]] = []
-            if mw._body_only is not None and (
-                mw._provider_data_key is None or mw._provider_data_key not in self.headers
-            ):
-                creds = mw._body_only.read_parsed(body)
-                if creds:
-                    found.append((CredentialSource.BODY.value, creds))
-            else:
-                scope = self.scope
-                request = SourceRequest(
-                    scope,
-                    scope["method"],
-                    scope["path"],
-                    None,
-                    body,
-                    self.headers,
-                    self.duplicates,
-                )
-                for source in mw._sources:
-                    got: Any = source.read(request)
-                    if type(got) is not list and inspect.isawaitable(got):
+            for source, name, custom in mw._checked:
+                got: Any = source.read(request)
+                if custom:
+                    if inspect.isawaitable(got):
                         got = await got
-                    got = _as_list(got, source.name)
-                    if got:
-                        found.append((source.name, got))
+                    got = _as_list(got, name)
+                if got:
+                    found.append((name, got))
         except CredentialRejected as exc:
             await self.reject(exc)
             return None

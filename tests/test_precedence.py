@@ -187,7 +187,7 @@ async def test_with_every_source_disabled_nothing_is_scoped() -> None:
 @pytest.mark.parametrize("with_header", [False, True], ids=["no-header", "provider-data-header"])
 async def test_a_source_left_out_of_precedence_supplies_nothing(with_header: bool) -> None:
     """``precedence`` without ``body``: the body's credentials are not scoped, with or
-    without a provider-data header on the request (the two paths through the middleware)."""
+    without a provider-data header on the request."""
     config = MCPAuthConfig(precedence=("provider_data",))
     body = {"tools": [mcp_tool(URL, "from-body", "srv")]}
     headers = provider({OTHER_URL: "from-pd"}) if with_header else {}

@@ -216,11 +216,7 @@ class BodySource:
     needs_body = True
 
     def read(self, request: SourceRequest) -> list[MCPCredential]:
-        return self.read_parsed(request.body)
-
-    def read_parsed(self, body: ParsedBody | None) -> list[MCPCredential]:
-        """:meth:`read` on a parsed body (the middleware's path when no other source can
-        supply anything)."""
+        body = request.body
         if body is None:
             return []
         found: list[MCPCredential] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from typing import Any, Final
 
 from mcp_auth_middleware.config import ProviderDataMode
@@ -80,10 +79,10 @@ class ProviderDataSource:
     def _invalid(self) -> CredentialRejected:
         return CredentialRejected(INVALID_PROVIDER_DATA, self.header, source=_SOURCE)
 
-    def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
+    def read(self, request: SourceRequest) -> list[MCPCredential]:
         values = request.header_values(self._key)
         if not values:
-            return ()
+            return []
         if len(values) > 1:
             raise self._invalid()  # two values: which one would the application read?
         try:
@@ -94,7 +93,7 @@ class ProviderDataSource:
             raise self._invalid()
         mcp = data.get("mcp_headers")
         if mcp is None:
-            return ()
+            return []
         if not isinstance(mcp, dict):
             raise self._invalid()
         found: dict[str, MCPCredential] = {}
@@ -114,7 +113,7 @@ class ProviderDataSource:
             ):
                 raise CredentialRejected(CONFLICTING_CREDENTIALS, self.header, source=_SOURCE)
             found.setdefault(key, cred)
-        return found.values()
+        return list(found.values())
 
     def _credential(self, url: str, headers: dict[Any, Any]) -> MCPCredential | None:
         authorization: Any = None

@@ -8,7 +8,6 @@ gives a credential known by its (lower-cased) label only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 
 from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
@@ -34,7 +33,7 @@ class ServerHeaderSource:
     name = _SOURCE
     needs_body = True  # the body's tools give each label its server URL
 
-    def read(self, request: SourceRequest) -> Iterable[MCPCredential]:
+    def read(self, request: SourceRequest) -> list[MCPCredential]:
         found: list[MCPCredential] = []
         labels = request.body.labels() if request.body is not None else {}
         for key, values in request.headers.items():
