@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -84,3 +85,26 @@ def mcp_tool(
 
 def provider_data(mapping: dict[str, dict[str, str]], **other: Any) -> dict[str, str]:
     return {PROVIDER_DATA: json.dumps({"mcp_headers": mapping, **other})}
+
+
+def asgi_scope(
+    headers: Sequence[tuple[bytes, bytes]] = ((b"content-type", b"application/json"),),
+    *,
+    method: str = "POST",
+    path: str = "/v1/responses",
+) -> dict[str, Any]:
+    """An HTTP scope as an ASGI server hands it over (header names lower-cased)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(name.lower(), value) for name, value in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }

@@ -46,6 +46,7 @@ from mcp_auth_middleware.sources.base import MCPTool, ParsedBody, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, check_tool_headers, parse_body
 from mcp_auth_middleware.sources.provider_data import RESERVED_HEADERS, ProviderDataSource
 from mcp_auth_middleware.urls import normalize_server_url
+from tests.helpers import asgi_scope
 
 PD: Final = "X-LlamaStack-Provider-Data"
 URL: Final = "https://mcp.example.com/mcp"
@@ -134,21 +135,7 @@ class Outcome:
 
 
 def http_scope(headers: Sequence[tuple[bytes, bytes]], method: str = "POST") -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": "/v1/responses",
-        "raw_path": b"/v1/responses",
-        "root_path": "",
-        "query_string": b"",
-        # ASGI servers lower-case header names (and Starlette's ``Headers`` relies on it).
-        "headers": [(name.lower(), value) for name, value in headers],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-    }
+    return asgi_scope(headers, method=method)
 
 
 AUTO: Final = b"<auto>"

@@ -44,7 +44,7 @@ from mcp_auth_middleware import (
     current_credentials,
 )
 from mcp_auth_middleware.sources import parse_token
-from tests.helpers import PROVIDER_DATA, mcp_tool
+from tests.helpers import PROVIDER_DATA, asgi_scope, mcp_tool
 
 SECRET_PART = secrets.token_hex(16)
 SENTINEL = "SENTINEL-" + SECRET_PART
@@ -186,20 +186,7 @@ async def drive(
     raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
     if chunks == 1:
         raw_headers.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *raw_headers],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
+    scope = asgi_scope([(b"host", b"testserver"), *raw_headers], path=PATH)
     step = max(1, -(-len(body) // chunks))
     parts = [body[i : i + step] for i in range(0, len(body), step)] or [b""]
     incoming: list[Message] = [

@@ -33,7 +33,7 @@ from mcp_auth_middleware import (
     current_credentials,
     use_credentials,
 )
-from tests.helpers import client, mcp_tool
+from tests.helpers import asgi_scope, client, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
 PATH = "/v1/responses"
@@ -247,24 +247,14 @@ async def test_a_task_spawned_by_the_request_keeps_its_credentials_after_the_res
 
 
 def http_scope(body: bytes) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
+    return asgi_scope(
+        [
             (b"host", b"testserver"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
+        path=PATH,
+    )
 
 
 def driver(body: bytes) -> tuple[Receive, Send, list[Message]]:

@@ -20,7 +20,7 @@ from mcp_auth_middleware import (
     ProviderDataMode,
     current_credentials,
 )
-from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+from tests.helpers import PROVIDER_DATA, Recorder, asgi_scope, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
@@ -353,20 +353,9 @@ class RawApp:
 def http_scope(
     method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
 ) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": "/v1/responses",
-        "raw_path": b"/v1/responses",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers if headers is not None else [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    if headers is None:
+        return asgi_scope(method=method)
+    return asgi_scope(headers, method=method)
 
 
 def chunked(*chunks: bytes) -> Callable[[], Awaitable[Message]]:
