@@ -7,6 +7,7 @@ are logged without their query string, which may carry secrets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import structlog
@@ -36,7 +37,7 @@ class Auditor:
         self._log: Any = structlog.get_logger(AUDIT_LOGGER)
 
     def resolved(
-        self, items: tuple[Resolved, ...], *, method: str, path: str, request_id: str | None
+        self, items: Sequence[Resolved], *, method: str, path: str, request_id: str | None
     ) -> None:
         for cred, shadowed in items:
             server = cred.server

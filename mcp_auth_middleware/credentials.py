@@ -107,6 +107,28 @@ class MCPCredential:
         self._server = None if server_url is None else parse_server_url(server_url)
         self._fingerprint: str | None = None
 
+    @classmethod
+    def _new(
+        cls,
+        secret: str,
+        source: CredentialSource | str,
+        server_url: str | None,
+        server_label: str | None,
+        server: ServerURL | None,
+    ) -> MCPCredential:
+        """A credential without extra headers from checked parts (``server`` is the parsed
+        ``server_url``): the request path's constructor, without keyword handling."""
+        self = object.__new__(cls)
+        self._secret = secret
+        self._token = None
+        self._source = source
+        self._server_url = server_url
+        self._server_label = server_label
+        self._headers = _EMPTY_HEADERS
+        self._server = server
+        self._fingerprint = None
+        return self
+
     @property
     def token(self) -> SecretStr:
         """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
@@ -193,49 +215,33 @@ class MCPCredentials:
     looks one up by server URL (normalised) or by server label.
     """
 
-    __slots__ = ("_by_label", "_by_url", "_default", "_items", "_origins")
+    __slots__ = ("_index", "_items")
 
     _items: tuple[MCPCredential, ...]
-    _by_url: dict[str, MCPCredential]
-    _by_label: dict[str, MCPCredential]
-    _default: MCPCredential | None
-    _origins: dict[tuple[str, str, int | None], list[MCPCredential]] | None
+    # By normalised URL, by label, the default, by origin: built on first lookup.
+    _index: _Index | None
 
     def __init__(self, credentials: Iterable[MCPCredential] = ()) -> None:
         items = tuple(credentials)
-        by_url: dict[str, MCPCredential] = {}
-        by_label: dict[str, MCPCredential] = {}
-        default: MCPCredential | None = None
-        for cred in items:
-            server = cred._server
-            if server is not None:
-                if by_url.setdefault(server.url, cred) is not cred:
-                    raise ValueError("two credentials for the same server")
-            elif cred._server_label is None:
-                if default is not None:
-                    raise ValueError("two default credentials")
-                default = cred
-            if cred._server_label is not None:
-                by_label.setdefault(cred._server_label, cred)
         set_ = object.__setattr__
         set_(self, "_items", items)
-        set_(self, "_by_url", by_url)
-        set_(self, "_by_label", by_label)
-        set_(self, "_default", default)
-        set_(self, "_origins", None)
+        set_(self, "_index", _index_of(items))
 
     @classmethod
     def _of_one(cls, cred: MCPCredential) -> MCPCredentials:
-        """The set of one credential, built without the general constructor's checks."""
+        """The set of one credential (the request path's constructor: no index yet)."""
         self = object.__new__(cls)
         set_ = object.__setattr__
         set_(self, "_items", (cred,))
-        server, label = cred._server, cred._server_label
-        set_(self, "_by_url", {} if server is None else {server.url: cred})
-        set_(self, "_by_label", {} if label is None else {label: cred})
-        set_(self, "_default", cred if server is None and label is None else None)
-        set_(self, "_origins", None)
+        set_(self, "_index", None)
         return self
+
+    def _lookup(self) -> _Index:
+        index = self._index
+        if index is None:
+            index = _index_of(self._items)
+            object.__setattr__(self, "_index", index)
+        return index
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("MCPCredentials is immutable")
@@ -247,7 +253,7 @@ class MCPCredentials:
         It is never attached to an outgoing request by itself: bind it to a server with
         :meth:`bind_default` first.
         """
-        return self._default
+        return self._lookup()[2]
 
     def for_server(self, url_or_label: str) -> MCPCredential | None:
         """The credential for a server URL (compared normalised) or a server label."""
@@ -256,8 +262,8 @@ class MCPCredentials:
                 key = parse_server_url(url_or_label).url
             except ValueError:
                 return None
-            return self._by_url.get(key)
-        return self._by_label.get(url_or_label)
+            return self._lookup()[0].get(key)
+        return self._lookup()[1].get(url_or_label)
 
     def bind_default(self, server_url: str) -> MCPCredentials:
         """A copy in which the unbound default credential is bound to ``server_url``.
@@ -280,15 +286,7 @@ class MCPCredentials:
         the request path (and whose query, when it has one, equals the request's); failing
         that, the only credential of that origin, if it names no query.
         """
-        origins = self._origins
-        if origins is None:
-            origins = {}
-            for cred in self._items:
-                if cred.server is not None:
-                    origins.setdefault(cred.server.origin, []).append(cred)
-            for creds in origins.values():
-                creds.sort(key=lambda c: len(c.server.path), reverse=True)  # type: ignore[union-attr]
-            object.__setattr__(self, "_origins", origins)
+        origins = self._lookup()[3]
         candidates = origins.get((scheme, host, port))
         if not candidates:
             return None
@@ -325,6 +323,40 @@ class MCPCredentials:
         return f"MCPCredentials({list(self._items)!r})"
 
     __str__ = __repr__
+
+
+_Index = tuple[
+    dict[str, MCPCredential],
+    dict[str, MCPCredential],
+    MCPCredential | None,
+    dict[tuple[str, str, int | None], list[MCPCredential]],
+]
+
+
+def _index_of(items: tuple[MCPCredential, ...]) -> _Index:
+    """Lookup tables of a credential set (by URL, by label, the default, by origin with the
+    longest path first); ``ValueError`` if two credentials claim the same server, or two
+    are unbound."""
+    by_url: dict[str, MCPCredential] = {}
+    by_label: dict[str, MCPCredential] = {}
+    default: MCPCredential | None = None
+    for cred in items:
+        server = cred._server
+        if server is not None:
+            if by_url.setdefault(server.url, cred) is not cred:
+                raise ValueError("two credentials for the same server")
+        elif cred._server_label is None:
+            if default is not None:
+                raise ValueError("two default credentials")
+            default = cred
+        if cred._server_label is not None:
+            by_label.setdefault(cred._server_label, cred)
+    origins: dict[tuple[str, str, int | None], list[MCPCredential]] = {}
+    for cred in by_url.values():
+        origins.setdefault(cred._server.origin, []).append(cred)  # type: ignore[union-attr]
+    for creds in origins.values():
+        creds.sort(key=lambda c: len(c._server.path), reverse=True)  # type: ignore[union-attr]
+    return by_url, by_label, default, origins
 
 
 EMPTY_CREDENTIALS = MCPCredentials()

@@ -32,14 +32,15 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
     error_body,
 )
-from mcp_auth_middleware.resolve import resolve
-from mcp_auth_middleware.sources.base import MCPCredentialSource, ParsedBody, SourceRequest
-from mcp_auth_middleware.sources.body import BodySource, check_tool_headers, parse_body
+from mcp_auth_middleware.resolve import Resolved, resolve
+from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
+from mcp_auth_middleware.sources.body import BodySource, decode_body, read_credentials
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
 from mcp_auth_middleware.sources.server_header import ServerHeaderSource
 
 __all__ = ["MCPAuthMiddleware"]
 
+_BODY: Final = CredentialSource.BODY.value
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _JSON: Final = re.compile(rb"\s*application/([a-z0-9!#$&^_.+-]+\+)?json\s*(;.*)?", re.I | re.S)
 
@@ -86,7 +87,23 @@ class MCPAuthMiddleware:
         )
         self._active = config.enabled and bool(self._sources)
         self._read_body = any(source.needs_body for source in self._sources)
-        self._check_headers = config.body  # a disabled body source reads no tool
+        # Whether only the body can carry credentials when neither header is present: then
+        # the request takes the inlined path of ``__call__``.
+        names = {source.name for source in self._sources}
+        self._body_only = _BODY in names and builtin_names >= names and not config.redact_body
+        self._provider_data_key = (
+            None
+            if config.provider_data is ProviderDataMode.IGNORE
+            else config.provider_data_header.lower().encode("latin-1")
+        )
+        if config.server_headers:
+            self._body_only = False  # any header might be one: the general path reads them
+        # The header names ``__call__`` reads (lower case, as ASGI servers send them).
+        self._watched = frozenset(
+            name
+            for name in (b"content-type", b"content-length", self._provider_data_key)
+            if name is not None
+        )
         self._paths = (
             None
             if config.paths is None
@@ -104,13 +121,23 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        # One pass over the headers, for the names we read. First value wins, as in
+        # Starlette's ``request.headers.get()``: reading another Content-Type than the
+        # application reads would let a body slip past the checks.
         raw = scope["headers"]
-        if type(raw) is not list:
-            raw = list(raw)
-        # First value wins, as in Starlette's ``request.headers.get()``: reading another
-        # Content-Type than the application reads would let a body slip past the checks.
-        headers: dict[bytes, bytes] = dict(reversed(raw))
-        content_type = headers.get(b"content-type")
+        content_type = length = None
+        general = not self._body_only
+        watched = self._watched
+        for name, value in raw:
+            if name in watched:
+                if name == b"content-type":
+                    if content_type is None:
+                        content_type = value
+                elif name == b"content-length":
+                    if length is None:
+                        length = value
+                else:  # the provider-data header
+                    general = True
         if (
             content_type is not None
             and content_type != b"application/json"
@@ -118,30 +145,97 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        await _Request(self, scope, receive, send, headers, len(headers) != len(raw)).run()
+        if (
+            length is not None
+            and self._read_body
+            and length.isdigit()
+            and int(length) > self._max_body
+        ):
+            await _reject(self, scope, send, _too_large(self._max_body))
+            return
+        if general:
+            await _Request(self, scope, receive, send, raw).run()
+            return
+        # The usual request: only the body can carry credentials. The general path's steps,
+        # inlined (on every request, each call and object costs).
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # http.disconnect: nobody is left to answer
+        if message.get("more_body", False):
+            messages = [message]
+            body = await _read_rest(self, scope, receive, send, messages)
+            if body is None:
+                return
+            replay = _replay(messages, receive)
+            del messages
+        else:
+            body = message.get("body", b"")
+            if len(body) > self._max_body:
+                await _reject(self, scope, send, _too_large(self._max_body))
+                return
+            replay = _replay_one(message, receive)
+        del message
+        envelope = decode_body(body)
+        del body
+        try:
+            found = (
+                None
+                if envelope is None
+                else read_credentials(
+                    envelope.tools or (), envelope.authorization, envelope.mcp_endpoint
+                )
+            )
+        except CredentialRejected as exc:
+            del envelope
+            await _reject(self, scope, send, exc)
+            return
+        del envelope
+        if not found:
+            credentials = EMPTY_CREDENTIALS
+        else:
+            if len(found) == 1:
+                credentials = MCPCredentials._of_one(found[0])
+                resolved: tuple[Resolved, ...] | None = None
+            else:  # one source can still name a server twice (two tools, one label)
+                credentials, resolved = resolve(((_BODY, found),))
+            if self._auditor is not None:
+                if resolved is None:
+                    resolved = ((found[0], ()),)
+                self._auditor.resolved(
+                    resolved,
+                    method=scope["method"],
+                    path=scope["path"],
+                    request_id=_request_id(raw),
+                )
+        # No local of this frame holds the body or a bare token while the application runs
+        # (tracebacks that render locals, such as structlog's ``dict_tracebacks``, must not
+        # find one): ``replay`` and ``credentials`` hide theirs.
+        del found, raw
+        token = _credentials.set(credentials)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            _credentials.reset(token)
 
 
 class _Request:
-    """One inspected request: all per-request state lives here, never on the middleware."""
+    """A request that a source other than the body may answer for (a provider-data or
+    per-server header, a custom source), or that ``redact_body`` rewrites: every enabled
+    source is asked, in precedence order."""
 
-    __slots__ = ("duplicates", "headers", "mw", "receive", "request_id", "scope", "send")
+    __slots__ = ("duplicates", "headers", "mw", "receive", "scope", "send")
 
     def __init__(
-        self,
-        mw: MCPAuthMiddleware,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[bytes, bytes],
-        duplicates: bool,
+        self, mw: MCPAuthMiddleware, scope: Scope, receive: Receive, send: Send, raw: Any
     ) -> None:
         self.mw = mw
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.headers = headers
-        self.duplicates = duplicates
-        self.request_id: str | None = None
+        if type(raw) is not list:
+            raw = list(raw)
+        self.headers: dict[bytes, bytes] = dict(reversed(raw))  # first value wins
+        self.duplicates = len(self.headers) != len(raw)
 
     async def run(self) -> None:
         # ``prepare`` does the reading in a frame of its own, gone before the app runs: no
@@ -161,25 +255,26 @@ class _Request:
     async def prepare(self) -> tuple[Scope, Receive, MCPCredentials] | None:
         """Read, parse, ask the sources, resolve, audit; ``None`` if answered already."""
         mw = self.mw
+        scope = self.scope
         messages: list[Message] = []
-        body: ParsedBody | None = None
+        envelope = None
         raw = b""
         if mw._read_body:
-            length = self.headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > mw._max_body:
-                await self.reject(_too_large(mw._max_body))
-                return None
-            read = await self.read_body(messages)
+            read = await _read_rest(mw, scope, self.receive, self.send, messages)
             if read is None:
                 return None  # client went away, or too large (answered)
             raw = read
-            body = parse_body(raw)
+            envelope = decode_body(raw)
         try:
-            if body is not None and body.tools and mw._check_headers:
-                check_tool_headers(body)
-            scope = self.scope
             request = SourceRequest(
-                scope, scope["method"], scope["path"], None, body, self.headers, self.duplicates
+                scope,
+                scope["method"],
+                scope["path"],
+                None,
+                None,
+                self.headers,
+                self.duplicates,
+                envelope,
             )
             found: list[tuple[str, list[MCPCredential]]] = []
             for source, name, custom in mw._checked:
@@ -191,7 +286,7 @@ class _Request:
                 if got:
                     found.append((name, got))
         except CredentialRejected as exc:
-            await self.reject(exc)
+            await _reject(mw, scope, self.send, exc)
             return None
         if not found:
             credentials = EMPTY_CREDENTIALS
@@ -200,71 +295,84 @@ class _Request:
             if mw._auditor is not None:
                 mw._auditor.resolved(
                     resolved,
-                    method=self.scope["method"],
-                    path=self.scope["path"],
-                    request_id=self.get_request_id(),
+                    method=scope["method"],
+                    path=scope["path"],
+                    request_id=_request_id(scope["headers"]),
                 )
-        scope = self.scope
-        if mw.config.redact_body and body is not None and _has_body_credentials(body):
+        if mw.config.redact_body and envelope is not None and _has_body_credentials(envelope):
             try:
                 raw, scope = _redact(raw, scope)
             except (ValueError, RecursionError):
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
-                await self.reject(CredentialRejected(INVALID_BODY, "body", source="body"))
+                invalid = CredentialRejected(INVALID_BODY, "body", source="body")
+                await _reject(mw, scope, self.send, invalid)
                 return None
             messages = [{"type": "http.request", "body": raw, "more_body": False}]
         return scope, _replay(messages, self.receive), credentials
 
-    async def read_body(self, messages: list[Message]) -> bytes | None:
-        """Buffer the body with a cap; ``None`` if the client left or it was too large."""
-        size = 0
-        limit = self.mw._max_body
-        while True:
-            message = await self.receive()
-            if message["type"] != "http.request":
-                return None  # http.disconnect: nobody is left to answer
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > limit:
-                await self.reject(_too_large(limit))
-                return None
-            if not message.get("more_body", False):
-                break
-        if len(messages) == 1:
-            return bytes(messages[0].get("body", b""))
-        return b"".join(m.get("body", b"") for m in messages)
 
-    def get_request_id(self) -> str | None:
-        if self.request_id is None:
-            value = _correlation_id.get() if _correlation_id is not None else None
-            if not value:
-                header = self.headers.get(b"x-request-id")
-                value = header[:128].decode("latin-1") if header else None
-            self.request_id = value
-        return self.request_id
+async def _read_rest(
+    mw: MCPAuthMiddleware,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    messages: list[Message],
+) -> bytes | None:
+    """Buffer the body (after ``messages``, read already) with a cap; ``None`` if the
+    client left or it was too large (answered)."""
+    size = sum(len(m.get("body", b"")) for m in messages)
+    limit = mw._max_body
+    more = not messages or messages[-1].get("more_body", False)
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # http.disconnect: nobody is left to answer
+        messages.append(message)
+        size += len(message.get("body", b""))
+        if size > limit:
+            break
+        more = message.get("more_body", False)
+    if size > limit:
+        await _reject(mw, scope, send, _too_large(limit))
+        return None
+    if len(messages) == 1:
+        return bytes(messages[0].get("body", b""))
+    return b"".join(m.get("body", b"") for m in messages)
 
-    async def reject(self, exc: CredentialRejected) -> None:
-        auditor = self.mw._auditor
-        if auditor is not None:
-            auditor.rejected(
-                exc,
-                method=self.scope["method"],
-                path=self.scope["path"],
-                request_id=self.get_request_id(),
-            )
-        payload = error_body(exc.message, code=exc.code, param=exc.param)
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": exc.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """asgi-correlation-id's request id, else the first ``X-Request-ID`` (bounded)."""
+    value = _correlation_id.get() if _correlation_id is not None else None
+    if value:
+        return value
+    for name, header in headers:
+        if name == b"x-request-id":
+            return header[:128].decode("latin-1") or None
+    return None
+
+
+async def _reject(mw: MCPAuthMiddleware, scope: Scope, send: Send, exc: CredentialRejected) -> None:
+    auditor = mw._auditor
+    if auditor is not None:
+        auditor.rejected(
+            exc,
+            method=scope["method"],
+            path=scope["path"],
+            request_id=_request_id(scope["headers"]),
         )
-        await self.send({"type": "http.response.body", "body": payload})
+    payload = error_body(exc.message, code=exc.code, param=exc.param)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _too_large(limit: int) -> CredentialRejected:
@@ -284,6 +392,8 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     """A ``receive`` that hands out the buffered messages, then defers to the server's."""
     if not messages:
         return receive
+    if len(messages) == 1:
+        return _replay_one(messages[0], receive)
     pending = iter(messages)
 
     async def replay() -> Message:
@@ -294,9 +404,21 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _has_body_credentials(body: ParsedBody) -> bool:
-    return body.authorization not in (None, "") or any(
-        tool.authorization not in (None, "") for tool in body.tools
+def _replay_one(message: Message, receive: Receive) -> Receive:
+    """:func:`_replay` of one message."""
+    pending = [message]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+def _has_body_credentials(envelope: Any) -> bool:
+    return envelope.authorization not in (None, "") or any(
+        tool.type == "mcp" and tool.authorization not in (None, "") for tool in envelope.tools or ()
     )
 
 

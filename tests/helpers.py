@@ -15,11 +15,25 @@ from starlette.routing import Route
 from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
+    MCPCredential,
     MCPCredentials,
     current_credentials,
 )
+from mcp_auth_middleware.sources.base import SourceRequest
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
+
+
+class NothingSource:
+    """A custom source that supplies nothing. Its presence alone sends every request down
+    the middleware's general path (each source asked in turn) instead of the inlined
+    body-only one: tests run a case both ways with it."""
+
+    name = "nothing"
+    needs_body = False
+
+    def read(self, request: SourceRequest) -> list[MCPCredential]:
+        return []
 
 
 def describe(creds: MCPCredentials) -> dict[str, Any]:

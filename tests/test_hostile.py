@@ -46,7 +46,7 @@ from mcp_auth_middleware.sources.base import MCPTool, ParsedBody, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, check_tool_headers, parse_body
 from mcp_auth_middleware.sources.provider_data import RESERVED_HEADERS, ProviderDataSource
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import asgi_scope
+from tests.helpers import NothingSource, asgi_scope
 
 PD: Final = "X-LlamaStack-Provider-Data"
 URL: Final = "https://mcp.example.com/mcp"
@@ -355,14 +355,16 @@ SIZE_CASES = [
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("path", ["inlined", "general"])
 @pytest.mark.parametrize(("size", "chunk", "content_length", "expected"), SIZE_CASES)
 async def test_body_size_is_judged_by_the_bytes_that_arrive(
-    size: int, chunk: int, content_length: bytes | None, expected: str | int
+    size: int, chunk: int, content_length: bytes | None, expected: str | int, path: str
 ) -> None:
     """A lying or garbled Content-Length never lets more than ``max_body_bytes`` through,
     and never stops a body within the limit from reaching the app whole."""
     body = sized_body(size)
-    config = MCPAuthConfig(max_body_bytes=LIMIT)
+    sources = (NothingSource(),) if path == "general" else ()
+    config = MCPAuthConfig(max_body_bytes=LIMIT, sources=sources)
     outcome = await drive(chunked(body, chunk), config=config, content_length=content_length)
     if expected == "read":
         assert_passed_through(outcome, body, frozenset({cred(URL, TOKEN, label="s")}))
@@ -371,12 +373,26 @@ async def test_body_size_is_judged_by_the_bytes_that_arrive(
 
 
 @pytest.mark.anyio
-async def test_a_declared_oversize_body_is_refused_before_it_is_read() -> None:
+@pytest.mark.parametrize("path", ["inlined", "general"])
+async def test_a_declared_oversize_body_is_refused_before_it_is_read(path: str) -> None:
+    sources = (NothingSource(),) if path == "general" else ()
     outcome = await drive(
-        sized_body(200), config=MCPAuthConfig(max_body_bytes=LIMIT), content_length=b"9" * 40
+        sized_body(200),
+        config=MCPAuthConfig(max_body_bytes=LIMIT, sources=sources),
+        content_length=b"9" * 40,
     )
     assert_refused(outcome, 413, BODY_TOO_LARGE)
     assert outcome.receives == 0
+
+
+@pytest.mark.anyio
+async def test_a_declared_oversize_body_no_source_reads_passes_through_unread() -> None:
+    """With the body source off (and no per-server headers), nothing reads the body: its
+    size is the application's business."""
+    body = sized_body(200)
+    config = MCPAuthConfig(max_body_bytes=LIMIT, body=False)
+    outcome = await drive(body, config=config, content_length=b"9" * 40)
+    assert_passed_through(outcome, body, frozenset())
 
 
 @pytest.mark.anyio

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+from mcp_auth_middleware import MCPAuthConfig
 from mcp_auth_middleware.sources.body import parse_body
-from tests.helpers import Recorder, client, make_app
+from tests.helpers import PROVIDER_DATA, NothingSource, Recorder, client, make_app
 
 URL = "https://mcp.example.com/mcp"
 CREDENTIAL_KEYS = frozenset(
@@ -800,3 +801,42 @@ async def test_body_json_loads_refuses_passes_through_with_no_credentials(body: 
     (call,) = recorder.calls
     assert call["body"] == body
     assert (call["credentials"], call["default"]) == ([], None)
+
+
+# --- the inlined path and the general path read a body alike --------------------------------
+#
+# A request on which only the body can carry credentials takes the middleware's inlined path;
+# a custom source, or a provider-data header on the request, sends it down the general path
+# (every source asked in turn). Both must give the same answer, the body whole or in pieces.
+
+
+GENERAL_PATH = MCPAuthConfig(sources=(NothingSource(),))
+EMPTY_PROVIDER_DATA = {PROVIDER_DATA: json.dumps({"mcp_headers": {}})}
+
+
+async def _pieces(body: bytes, count: int) -> AsyncIterator[bytes]:
+    step = max(1, -(-len(body) // count))
+    for start in range(0, len(body), step):
+        yield body[start : start + step]
+
+
+async def answer(
+    config: MCPAuthConfig | None, body: bytes, headers: dict[str, str], pieces: int
+) -> tuple[int, Any, list[dict[str, Any]]]:
+    recorder = Recorder()
+    async with client(make_app(config, recorder)) as c:
+        response = await c.post(
+            "/v1/responses",
+            content=body if pieces == 1 else _pieces(body, pieces),
+            headers={"Content-Type": "application/json", **headers},
+        )
+    return response.status_code, response.json(), recorder.calls
+
+
+@pytest.mark.anyio
+@E2E_SETTINGS
+@given(e2e_bodies(), st.integers(1, 3))
+async def test_inlined_and_general_paths_agree(body: bytes, pieces: int) -> None:
+    inlined = await answer(None, body, {}, pieces)
+    assert await answer(GENERAL_PATH, body, {}, 1) == inlined
+    assert await answer(None, body, EMPTY_PROVIDER_DATA, pieces) == inlined

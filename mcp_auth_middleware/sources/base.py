@@ -41,6 +41,9 @@ class MCPTool:
 
     __slots__ = ("authorization", "headers", "position", "server_label", "server_url")
 
+    #: Always ``"mcp"``: other tools are not kept.
+    type = "mcp"
+
     def __init__(
         self, position: int, server_url: Any, server_label: Any, authorization: Any, headers: Any
     ) -> None:
@@ -80,6 +83,19 @@ class ParsedBody:
             f"mcp_endpoint={self.mcp_endpoint!r})"
         )
 
+    @classmethod
+    def _of(cls, tools: Iterable[Any], authorization: Any, mcp_endpoint: Any) -> ParsedBody:
+        """From decoded tools (anything with the fields of :class:`MCPTool` and a ``type``)."""
+        return cls(
+            tuple(
+                MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
+                for position, t in enumerate(tools)
+                if t.type == "mcp"
+            ),
+            authorization,
+            mcp_endpoint,
+        )
+
     def labels(self) -> dict[str, list[MCPTool]]:
         """The MCP tools by server label, case-folded."""
         by_label: dict[str, list[MCPTool]] = {}
@@ -99,7 +115,16 @@ class SourceRequest:
     authenticated user, ``scope["state"]`` for what earlier middleware stored).
     """
 
-    __slots__ = ("_duplicates", "_first", "_headers", "body", "method", "path", "scope")
+    __slots__ = (
+        "_body",
+        "_duplicates",
+        "_envelope",
+        "_first",
+        "_headers",
+        "method",
+        "path",
+        "scope",
+    )
 
     def __init__(
         self,
@@ -110,16 +135,29 @@ class SourceRequest:
         body: ParsedBody | None = None,
         _first: Mapping[bytes, bytes] | None = None,
         _duplicates: bool = True,
+        _envelope: Any = None,
     ) -> None:
         self.scope = scope
         self.method = method
         self.path = path
-        self.body = body
+        self._body = body
+        # The decoded body (the middleware's): ``body`` is built from it on first use.
+        self._envelope = _envelope
         self._headers = headers
         # The raw headers, first value per name (the middleware's one C-level pass), and
         # whether any name occurs twice (then ``headers`` has the whole story).
         self._first = _first
         self._duplicates = _duplicates
+
+    @property
+    def body(self) -> ParsedBody | None:
+        body = self._body
+        if body is None and self._envelope is not None:
+            envelope = self._envelope
+            body = self._body = ParsedBody._of(
+                envelope.tools or (), envelope.authorization, envelope.mcp_endpoint
+            )
+        return body
 
     @property
     def headers(self) -> Mapping[str, Sequence[str]]:

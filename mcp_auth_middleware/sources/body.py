@@ -15,6 +15,7 @@ import codecs
 import json
 import sys
 import unicodedata
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -28,87 +29,138 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
 )
 from mcp_auth_middleware.sources.base import (
-    MCPTool,
     ParsedBody,
     SourceRequest,
     check_token,
     parse_token,
 )
-from mcp_auth_middleware.urls import parse_server_url
+from mcp_auth_middleware.urls import ServerURL, parse_server_url
 
-__all__ = ["BodySource", "check_tool_headers", "parse_body"]
+__all__ = [
+    "BodySource",
+    "check_tool_headers",
+    "decode_body",
+    "parse_body",
+    "parsed_body",
+    "read_credentials",
+]
 
 _BODY: Final = CredentialSource.BODY.value
 _SOURCE: Final = CredentialSource.BODY
 
 
 class _Tool(msgspec.Struct, gc=False):
+    """One item of ``tools`` as decoded: only the fields a source reads."""
+
     type: Any = None
     server_url: Any = None
     server_label: Any = None
     authorization: Any = None
     headers: Any = None
 
+    def __repr__(self) -> str:  # the decoded fields include the token
+        return f"_Tool(type={self.type!r}, server_url={self.server_url!r}, authorization=[secure])"
+
 
 class _Envelope(msgspec.Struct, gc=False):
-    # A ``tools`` that is not a list of objects fails validation: json.loads then decides.
+    """The top-level fields a source reads. A ``tools`` that is not a list of objects
+    fails validation: ``json.loads`` then decides."""
+
     tools: list[_Tool] | None = None
     authorization: Any = None
     mcp_endpoint: Any = None
 
+    def __repr__(self) -> str:
+        return f"_Envelope(tools={self.tools!r}, authorization=[secure])"
+
 
 _decode = msgspec.json.Decoder(_Envelope).decode
-_EMPTY = ParsedBody()
+_NOTHING: Final = _Envelope()
+_NOT_A_TOOL: Final = _Tool()
 _SLICE = 1 << 20
 _DIGITS = bytes(1 if 0x30 <= b <= 0x39 else 0 for b in range(256))
 
 
-def parse_body(body: bytes) -> ParsedBody | None:
-    """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object."""
+def decode_body(body: bytes) -> _Envelope | None:
+    """The credential-bearing fields of a JSON body; ``None`` if it is not a JSON object.
+
+    msgspec reads them; whenever it refuses the input, or ``json.loads`` might read it
+    otherwise (see :func:`_may_differ`), ``json.loads`` decides.
+    """
     try:
         envelope = _decode(body)
     except (msgspec.MsgspecError, ValueError, RecursionError):
-        return _parse_with_json(body)
-    mcp: list[MCPTool] = []
-    if envelope.tools:
-        for position, t in enumerate(envelope.tools):
-            if t.type == "mcp":
-                tool = MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
-                mcp.append(tool)
-    if not mcp and envelope.authorization is None and envelope.mcp_endpoint is None:
-        return _EMPTY  # nothing to read here, whatever json.loads would make of the rest
-    if body.isascii():  # the usual case, inlined: only the digit-run check can apply
+        return _decode_with_json(body)
+    ascii = body.isascii()
+    if ascii:  # the usual case, inlined: only the digit-run check can apply
         limit = sys.get_int_max_str_digits()
-        if limit and len(body) > limit and _has_digit_run(body, limit + 1):
-            return _parse_with_json(body)
-    elif _may_differ(body):
-        return _parse_with_json(body)
-    return ParsedBody(tuple(mcp), envelope.authorization, envelope.mcp_endpoint)
+        if not limit or len(body) <= limit:
+            return envelope
+    if _nothing_to_read(envelope):
+        return _NOTHING  # whatever json.loads would make of the rest
+    return _decode_with_json(body) if _may_differ(body, ascii) else envelope
 
 
-def _parse_with_json(body: bytes) -> ParsedBody | None:
+def _nothing_to_read(envelope: _Envelope) -> bool:
+    return (
+        envelope.authorization is None
+        and envelope.mcp_endpoint is None
+        and not any(tool.type == "mcp" for tool in envelope.tools or ())
+    )
+
+
+def _decode_with_json(body: bytes) -> _Envelope | None:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None  # the application cannot parse it either
     if not isinstance(document, dict):
         return None
-    return ParsedBody(
-        _mcp_tools(document.get("tools")),
+    tools = document.get("tools")
+    return _Envelope(
+        # Not a list: not ours to judge, the application answers as it would. Items that are
+        # not objects keep their place, so positions in errors are the caller's.
+        [
+            _Tool(
+                tool.get("type"),
+                tool.get("server_url"),
+                tool.get("server_label"),
+                tool.get("authorization"),
+                tool.get("headers"),
+            )
+            if isinstance(tool, dict)
+            else _NOT_A_TOOL
+            for tool in tools
+        ]
+        if isinstance(tools, list)
+        else None,
         document.get("authorization"),
         document.get("mcp_endpoint"),
     )
 
 
-def _may_differ(body: bytes) -> bool:
+def parsed_body(envelope: _Envelope | None) -> ParsedBody | None:
+    """The public view of a decoded body (what custom sources read as ``request.body``)."""
+    if envelope is None:
+        return None
+    return ParsedBody._of(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
+
+
+def parse_body(body: bytes) -> ParsedBody | None:
+    """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object."""
+    return parsed_body(decode_body(body))
+
+
+def _may_differ(body: bytes, ascii: bool | None = None) -> bool:
     """Whether ``json.loads`` might refuse (or read otherwise) a body msgspec accepted.
 
     msgspec skips the fields we do not name without checking their UTF-8, and reads integers
     of any length; ``json.loads`` refuses invalid UTF-8 (it lets UTF-8-encoded surrogates
     through) and integers longer than ``sys.get_int_max_str_digits()``. Neither check costs
-    memory beyond a slice, and the second reads one byte in ``limit + 1``.
+    memory beyond a slice, and the second reads one byte in ``limit + 1``. ``ascii`` is
+    ``body.isascii()`` when the caller knows it.
     """
-    if not body.isascii():
+    if not (body.isascii() if ascii is None else ascii):
         view = memoryview(body)
         decoder = codecs.getincrementaldecoder("utf-8")()
         try:
@@ -140,22 +192,6 @@ def _has_digit_run(body: bytes, run: int) -> bool:
     return False
 
 
-def _mcp_tools(tools: Any) -> tuple[MCPTool, ...]:
-    if not isinstance(tools, list):
-        return ()  # not ours to judge: the application answers as it would
-    return tuple(
-        MCPTool(
-            index,
-            tool.get("server_url"),
-            tool.get("server_label"),
-            tool.get("authorization"),
-            tool.get("headers"),
-        )
-        for index, tool in enumerate(tools)
-        if isinstance(tool, dict) and tool.get("type") == "mcp"
-    )
-
-
 def _is_authorization(name: str) -> bool:
     folded = name.strip().casefold()
     if folded == "authorization":
@@ -172,17 +208,16 @@ def _is_authorization(name: str) -> bool:
 def check_tool_headers(body: ParsedBody) -> None:
     """Refuse an MCP tool whose ``headers`` smuggle an ``Authorization`` (any case)."""
     for tool in body.tools:
-        headers = tool.headers
-        if isinstance(headers, dict):
-            for name in headers:
-                if isinstance(name, str) and _is_authorization(name):
-                    raise CredentialRejected(
-                        AUTHORIZATION_IN_HEADERS, f"tools[{tool.position}].headers", source=_BODY
-                    )
+        _check_headers(tool.headers, tool.position)
 
 
-def _absent(value: Any) -> bool:
-    return value is None or value == ""
+def _check_headers(headers: Any, position: int) -> None:
+    if isinstance(headers, dict):
+        for name in headers:
+            if isinstance(name, str) and _is_authorization(name):
+                raise CredentialRejected(
+                    AUTHORIZATION_IN_HEADERS, f"tools[{position}].headers", source=_BODY
+                )
 
 
 def _param(where: str | int) -> str:
@@ -190,13 +225,75 @@ def _param(where: str | int) -> str:
     return where if isinstance(where, str) else f"tools[{where}].server_url"
 
 
-def _server_key(url: Any, where: str | int) -> str:
+def _server(url: Any, where: str | int) -> ServerURL:
     if isinstance(url, str):
         try:
-            return parse_server_url(url).url
+            return parse_server_url(url)
         except ValueError:
             pass
     raise CredentialRejected(INVALID_SERVER_URL, _param(where), source=_BODY)
+
+
+def read_credentials(
+    tools: Sequence[Any],
+    authorization: Any,
+    mcp_endpoint: Any,
+    positions: Sequence[int] | None = None,
+) -> list[MCPCredential]:
+    """The body's credentials (see :class:`BodySource`) from its decoded fields.
+
+    ``tools`` are the decoded ``tools`` items (anything with ``type``, ``server_url``,
+    ``server_label``, ``authorization`` and ``headers``); ``positions`` their places in the
+    request's ``tools`` list when that is not their index (errors name them).
+    """
+    found: list[MCPCredential] = []
+    tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
+    for index, tool in enumerate(tools):
+        if tool.type != "mcp":
+            continue
+        if tool.headers is not None:
+            _check_headers(tool.headers, index if positions is None else positions[index])
+        value = tool.authorization
+        if value is None or value == "":
+            continue
+        token = check_token(value, require_bearer=False)
+        if token is None:
+            position = index if positions is None else positions[index]
+            raise CredentialRejected(
+                INVALID_AUTHORIZATION, f"tools[{position}].authorization", source=_BODY
+            )
+        label = tool.server_label if type(tool.server_label) is str else None
+        url = tool.server_url
+        if url is None:
+            if label is not None:
+                found.append(MCPCredential._new(token, _SOURCE, None, label, None))
+            continue
+        server = _server(url, index if positions is None else positions[index])
+        previous = tokens.get(server.url)
+        if previous is None:
+            tokens[server.url] = token
+            found.append(MCPCredential._new(token, _SOURCE, url, label, server))
+        elif previous != token:
+            raise CredentialRejected(
+                CONFLICTING_CREDENTIALS,
+                _param(index if positions is None else positions[index]),
+                source=_BODY,
+            )
+    if authorization is not None and authorization != "":
+        token = parse_token(
+            authorization, param="authorization", source=_BODY, require_bearer=False
+        )
+        uri = mcp_endpoint.get("uri") if type(mcp_endpoint) is dict else None
+        if uri is None:
+            found.append(MCPCredential._new(token, _SOURCE, None, None, None))
+        else:
+            server = _server(uri, "mcp_endpoint.uri")
+            previous = tokens.get(server.url)
+            if previous is None:
+                found.append(MCPCredential._new(token, _SOURCE, uri, None, server))
+            elif previous != token:
+                raise CredentialRejected(CONFLICTING_CREDENTIALS, "mcp_endpoint.uri", source=_BODY)
+    return found
 
 
 class BodySource:
@@ -209,59 +306,25 @@ class BodySource:
       else the request's unbound ``default`` credential.
 
     ``null`` or ``""`` count as absent. Two tools for the same server with different tokens
-    are refused (``conflicting_credentials``).
+    are refused (``conflicting_credentials``), and so is a tool whose ``headers`` hold an
+    ``Authorization`` (``authorization_in_headers``).
     """
 
     name = _BODY
     needs_body = True
 
     def read(self, request: SourceRequest) -> list[MCPCredential]:
+        envelope = request._envelope
+        if envelope is not None:
+            return read_credentials(
+                envelope.tools or (), envelope.authorization, envelope.mcp_endpoint
+            )
         body = request.body
         if body is None:
             return []
-        found: list[MCPCredential] = []
-        tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
-        for tool in body.tools:
-            value = tool.authorization
-            if value is None or value == "":
-                continue
-            token = check_token(value, require_bearer=False)
-            if token is None:
-                raise CredentialRejected(
-                    INVALID_AUTHORIZATION, f"tools[{tool.position}].authorization", source=_BODY
-                )
-            label = tool.server_label if type(tool.server_label) is str else None
-            if tool.server_url is None:
-                if label is not None:
-                    found.append(MCPCredential(token=token, source=_SOURCE, server_label=label))
-                continue
-            where = tool.position
-            if self._first(tokens, _server_key(tool.server_url, where), token, where):
-                found.append(
-                    MCPCredential(
-                        token=token, source=_SOURCE, server_url=tool.server_url, server_label=label
-                    )
-                )
-        value = body.authorization
-        if value is not None and value != "":
-            token = parse_token(value, param="authorization", source=_BODY, require_bearer=False)
-            endpoint = body.mcp_endpoint
-            uri = endpoint.get("uri") if type(endpoint) is dict else None
-            if uri is None:
-                found.append(MCPCredential(token=token, source=_SOURCE))
-            elif self._first(
-                tokens, _server_key(uri, "mcp_endpoint.uri"), token, "mcp_endpoint.uri"
-            ):
-                found.append(MCPCredential(token=token, source=_SOURCE, server_url=uri))
-        return found
-
-    @staticmethod
-    def _first(tokens: dict[str, str], key: str, token: str, where: str | int) -> bool:
-        """Whether this is the first credential for ``key``; a different token is refused."""
-        previous = tokens.get(key)
-        if previous is None:
-            tokens[key] = token
-            return True
-        if previous != token:
-            raise CredentialRejected(CONFLICTING_CREDENTIALS, _param(where), source=_BODY)
-        return False
+        return read_credentials(
+            body.tools,
+            body.authorization,
+            body.mcp_endpoint,
+            [tool.position for tool in body.tools],
+        )
