@@ -1,9 +1,9 @@
 """Where the middleware's time goes on one request: in place, in isolation, and cProfile.
 
 1. In place (ablation): ours is measured interleaved with copies of itself in which one
-   step after another is replaced by its precomputed result (``parse_body``, the body
-   source's ``read``, ``resolve``, the audit event); the drop at each step is what that step
-   costs inside a real request. What is left is the header loop, buffering, the
+   step after another is replaced by its precomputed result (``decode_body``,
+   ``read_credentials``, the credential set, the audit event); the drop at each step is what
+   that step costs inside a real request. What is left is the header pass, buffering, the
    middleware's glue, the ``ContextVar`` and the replay.
 2. In isolation: the same steps with ``timeit`` (best of 7, hot caches: a lower bound).
 3. cProfile of ``--calls`` requests, per request: the functions with the most own time,
@@ -34,11 +34,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_auth_middleware import middleware
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.context import _credentials
+from mcp_auth_middleware.credentials import MCPCredentials
 from mcp_auth_middleware.resolve import resolve
-from mcp_auth_middleware.sources import body as body_module
-from mcp_auth_middleware.sources.base import SourceRequest
-from mcp_auth_middleware.sources.body import BodySource, check_tool_headers, parse_body
-from mcp_auth_middleware.sources.provider_data import ProviderDataSource
+from mcp_auth_middleware.sources.body import decode_body, read_credentials
 
 Patch = tuple[Any, str, Any]
 
@@ -52,14 +50,6 @@ def _best_us(fn: Callable[[], object], budget_s: float = 0.05, repeat: int = 7) 
         number *= 4
     number = max(1, int(number * budget_s / 5 / max(t, 1e-9)))
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
-
-
-def _headers(scope: dict[str, Any]) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        headers.setdefault(name, []).append(raw_value.decode("latin-1"))
-    return headers
 
 
 class Patched:
@@ -82,31 +72,33 @@ class Patched:
 
 
 def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, float]]:
-    scope = request.scope()
-    parsed = parse_body(request.body)
-    source_request = SourceRequest(scope, "POST", scope["path"], _headers(scope), parsed)
-    creds = list(BodySource().read(source_request))
-    resolved_set, resolved = resolve([("body", creds), ("provider_data", [])])
-    steps: list[tuple[str, list[Patch]]] = []
-    if hasattr(body_module, "_may_differ"):  # the parser-agreement check inside parse_body
-        steps.append(("  of which _may_differ", [(body_module, "_may_differ", lambda b: False)]))
-    steps += [
-        ("parse_body", [(middleware, "parse_body", lambda raw: parsed)]),
-        ("BodySource.read (tokens, URLs, creds)", [(BodySource, "read", lambda s, r: creds)]),
+    envelope = decode_body(request.body)
+    assert envelope is not None
+    found = read_credentials(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
+    credentials = (
+        MCPCredentials._of_one(found[0]) if len(found) == 1 else resolve([("body", found)])[0]
+    )
+    steps: list[tuple[str, list[Patch]]] = [
         (
-            "resolve (+ MCPCredentials)",
-            [(middleware, "resolve", lambda found: (resolved_set, resolved))],
+            "decode_body (msgspec + agreement checks)",
+            [(middleware, "decode_body", lambda b: envelope)],
         ),
-        ("ProviderDataSource.read (no header)", [(ProviderDataSource, "read", lambda s, r: ())]),
-        ("check_tool_headers", [(middleware, "check_tool_headers", lambda body: None)]),
         (
-            "inspect.isawaitable + _as_list",
-            [
-                (middleware, "inspect", SimpleNamespace(isawaitable=lambda obj: False)),
-                (middleware, "_as_list", lambda creds, name: creds),
-            ],
+            "read_credentials (tokens, URLs, MCPCredential)",
+            [(middleware, "read_credentials", lambda *a: found)],
         ),
     ]
+    if len(found) == 1:
+        steps.append(
+            (
+                "MCPCredentials._of_one",
+                [(middleware, "MCPCredentials", SimpleNamespace(_of_one=lambda c: credentials))],
+            )
+        )
+    else:
+        steps.append(
+            ("resolve (+ MCPCredentials)", [(middleware, "resolve", lambda f: (credentials, ()))])
+        )
     if audit:
         steps.append(("audit event(s)", [(Auditor, "resolved", lambda *a, **k: None)]))
     ours = build_app("ours_audit" if audit else "ours")
@@ -137,10 +129,7 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
     for name, _ in steps:
         out.append((f"  {name}", extra(previous) - extra(f"- {name}")))
         previous = f"- {name}"
-    if out[2][0].strip().startswith("of which"):  # parse_body's figure includes _may_differ
-        out[3] = (out[3][0] + " (with _may_differ)", out[3][1] + out[2][1])
-        out[2], out[3] = out[3], ("  " + out[2][0], out[2][1])
-    out.append(("  the rest: headers, buffering, glue, ContextVar, replay", extra(previous)))
+    out.append(("  the rest: header pass, buffering, glue, ContextVar, replay", extra(previous)))
     out.append(
         (
             "    of which the content-type check (a text/plain request)",
@@ -155,28 +144,32 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
     scope = request.scope()
     raw = request.body
     chunks = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)] or [b""]
-    headers = _headers(scope)
-    parsed = parse_body(raw)
-    source_request = SourceRequest(scope, "POST", scope["path"], headers, parsed)
-    body_source = BodySource()
-    provider = ProviderDataSource("X-LlamaStack-Provider-Data")
-    found = [("body", list(body_source.read(source_request))), ("provider_data", [])]
-    resolved_set, resolved = resolve(found)
+    headers = scope["headers"]
+    watched = frozenset((b"content-type", b"content-length", b"x-llamastack-provider-data"))
+    envelope = decode_body(raw)
+    assert envelope is not None
+    tools, authorization, endpoint = (
+        envelope.tools or (),
+        envelope.authorization,
+        envelope.mcp_endpoint,
+    )
+    found = read_credentials(tools, authorization, endpoint)
+    credentials, resolved = resolve([("body", found)])
+
+    def header_pass() -> None:
+        for name, _ in headers:
+            if name in watched:
+                pass
+
     out = [
-        ("header dict (decode, lower)", _best_us(lambda: _headers(scope))),
+        ("header pass (names we read)", _best_us(header_pass)),
         ("join chunks" if len(chunks) > 1 else "bytes(body)", _best_us(lambda: b"".join(chunks))),
-        ("parse_body", _best_us(lambda: parse_body(raw))),
-        ("check_tool_headers", _best_us(lambda: check_tool_headers(parsed))),  # type: ignore[arg-type]
-        (
-            "SourceRequest()",
-            _best_us(lambda: SourceRequest(scope, "POST", scope["path"], headers, parsed)),
-        ),
-        ("BodySource.read", _best_us(lambda: body_source.read(source_request))),
-        ("ProviderDataSource.read (no header)", _best_us(lambda: provider.read(source_request))),
-        ("resolve (+ MCPCredentials)", _best_us(lambda: resolve(found))),
+        ("decode_body", _best_us(lambda: decode_body(raw))),
+        ("read_credentials", _best_us(lambda: read_credentials(tools, authorization, endpoint))),
+        ("MCPCredentials (one) / resolve (more)", _best_us(lambda: resolve([("body", found)]))),
         (
             "ContextVar set + reset",
-            _best_us(lambda: _credentials.reset(_credentials.set(resolved_set))),
+            _best_us(lambda: _credentials.reset(_credentials.set(credentials))),
         ),
     ]
     if audit:
