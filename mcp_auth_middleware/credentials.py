@@ -218,7 +218,8 @@ class MCPCredentials:
     __slots__ = ("_index", "_items")
 
     _items: tuple[MCPCredential, ...]
-    # By normalised URL, by label, the default, by origin: built on first lookup.
+    # By normalised URL, by label, the default (built on first lookup), by origin (built on
+    # first match).
     _index: _Index | None
 
     def __init__(self, credentials: Iterable[MCPCredential] = ()) -> None:
@@ -286,7 +287,10 @@ class MCPCredentials:
         the request path (and whose query, when it has one, equals the request's); failing
         that, the only credential of that origin, if it names no query.
         """
-        origins = self._lookup()[3]
+        by_url, by_label, default, origins = self._lookup()
+        if origins is None:
+            origins = _origins_of(by_url)
+            object.__setattr__(self, "_index", (by_url, by_label, default, origins))
         candidates = origins.get((scheme, host, port))
         if not candidates:
             return None
@@ -329,14 +333,26 @@ _Index = tuple[
     dict[str, MCPCredential],
     dict[str, MCPCredential],
     MCPCredential | None,
-    dict[tuple[str, str, int | None], list[MCPCredential]],
+    dict[tuple[str, str, int | None], list[MCPCredential]] | None,
 ]
 
 
+def _origins_of(
+    by_url: dict[str, MCPCredential],
+) -> dict[tuple[str, str, int | None], list[MCPCredential]]:
+    """The credentials bound to a server by origin, the longest path first."""
+    origins: dict[tuple[str, str, int | None], list[MCPCredential]] = {}
+    for cred in by_url.values():
+        origins.setdefault(cred._server.origin, []).append(cred)  # type: ignore[union-attr]
+    for creds in origins.values():
+        creds.sort(key=lambda c: len(c._server.path), reverse=True)  # type: ignore[union-attr]
+    return origins
+
+
 def _index_of(items: tuple[MCPCredential, ...]) -> _Index:
-    """Lookup tables of a credential set (by URL, by label, the default, by origin with the
-    longest path first); ``ValueError`` if two credentials claim the same server, or two
-    are unbound."""
+    """Lookup tables of a credential set (by URL, by label, the default; by origin is built
+    by the first :meth:`MCPCredentials.match_request`); ``ValueError`` if two credentials
+    claim the same server, or two are unbound."""
     by_url: dict[str, MCPCredential] = {}
     by_label: dict[str, MCPCredential] = {}
     default: MCPCredential | None = None
@@ -351,12 +367,7 @@ def _index_of(items: tuple[MCPCredential, ...]) -> _Index:
             default = cred
         if cred._server_label is not None:
             by_label.setdefault(cred._server_label, cred)
-    origins: dict[tuple[str, str, int | None], list[MCPCredential]] = {}
-    for cred in by_url.values():
-        origins.setdefault(cred._server.origin, []).append(cred)  # type: ignore[union-attr]
-    for creds in origins.values():
-        creds.sort(key=lambda c: len(c._server.path), reverse=True)  # type: ignore[union-attr]
-    return by_url, by_label, default, origins
+    return by_url, by_label, default, None
 
 
 EMPTY_CREDENTIALS = MCPCredentials()
