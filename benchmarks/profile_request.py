@@ -24,7 +24,6 @@ import sys
 import tempfile
 import timeit
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import common
@@ -34,7 +33,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_auth_middleware import middleware
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.context import _credentials
-from mcp_auth_middleware.credentials import MCPCredentials
 from mcp_auth_middleware.resolve import resolve
 from mcp_auth_middleware.sources.body import decode_body, read_credentials
 
@@ -75,9 +73,7 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
     envelope = decode_body(request.body)
     assert envelope is not None
     found = read_credentials(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
-    credentials = (
-        MCPCredentials._of_one(found[0]) if len(found) == 1 else resolve([("body", found)])[0]
-    )
+    resolved = resolve([("body", found)])
     steps: list[tuple[str, list[Patch]]] = [
         (
             "decode_body (msgspec + agreement checks)",
@@ -87,18 +83,8 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
             "read_credentials (tokens, URLs, MCPCredential)",
             [(middleware, "read_credentials", lambda *a: found)],
         ),
+        ("resolve (the credential set)", [(middleware, "resolve", lambda f: resolved)]),
     ]
-    if len(found) == 1:
-        steps.append(
-            (
-                "MCPCredentials._of_one",
-                [(middleware, "MCPCredentials", SimpleNamespace(_of_one=lambda c: credentials))],
-            )
-        )
-    else:
-        steps.append(
-            ("resolve (+ MCPCredentials)", [(middleware, "resolve", lambda f: (credentials, ()))])
-        )
     if audit:
         steps.append(("audit event(s)", [(Auditor, "resolved", lambda *a, **k: None)]))
     ours = build_app("ours_audit" if audit else "ours")
@@ -166,7 +152,7 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
         ("join chunks" if len(chunks) > 1 else "bytes(body)", _best_us(lambda: b"".join(chunks))),
         ("decode_body", _best_us(lambda: decode_body(raw))),
         ("read_credentials", _best_us(lambda: read_credentials(tools, authorization, endpoint))),
-        ("MCPCredentials (one) / resolve (more)", _best_us(lambda: resolve([("body", found)]))),
+        ("resolve (the credential set)", _best_us(lambda: resolve([("body", found)]))),
         (
             "ContextVar set + reset",
             _best_us(lambda: _credentials.reset(_credentials.set(credentials))),

@@ -32,7 +32,7 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
     error_body,
 )
-from mcp_auth_middleware.resolve import Resolved, resolve
+from mcp_auth_middleware.resolve import resolve
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, decode_body, read_credentials
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
@@ -41,6 +41,7 @@ from mcp_auth_middleware.sources.server_header import ServerHeaderSource
 __all__ = ["MCPAuthMiddleware"]
 
 _BODY: Final = CredentialSource.BODY.value
+_PROVIDER_DATA: Final = CredentialSource.PROVIDER_DATA.value
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _JSON: Final = re.compile(rb"\s*application/([a-z0-9!#$&^_.+-]+\+)?json\s*(;.*)?", re.I | re.S)
 
@@ -87,17 +88,17 @@ class MCPAuthMiddleware:
         )
         self._active = config.enabled and bool(self._sources)
         self._read_body = any(source.needs_body for source in self._sources)
-        # Whether only the body can carry credentials when neither header is present: then
-        # the request takes the inlined path of ``__call__``.
+        # The usual request takes the inlined path of ``__call__``: only the body and the
+        # provider-data header are read, and the request carries no provider-data header.
         names = {source.name for source in self._sources}
-        self._body_only = _BODY in names and builtin_names >= names and not config.redact_body
-        self._provider_data_key = (
-            None
-            if config.provider_data is ProviderDataMode.IGNORE
-            else config.provider_data_header.lower().encode("latin-1")
+        self._body_only = (
+            _BODY in names and names <= {_BODY, _PROVIDER_DATA} and not config.redact_body
         )
-        if config.server_headers:
-            self._body_only = False  # any header might be one: the general path reads them
+        self._provider_data_key = (
+            config.provider_data_header.lower().encode("latin-1")
+            if _PROVIDER_DATA in names
+            else None
+        )
         # The header names ``__call__`` reads (lower case, as ASGI servers send them).
         self._watched = frozenset(
             name
@@ -192,15 +193,9 @@ class MCPAuthMiddleware:
         del envelope
         if not found:
             credentials = EMPTY_CREDENTIALS
-        else:
-            if len(found) == 1:
-                credentials = MCPCredentials._of_one(found[0])
-                resolved: tuple[Resolved, ...] | None = None
-            else:  # one source can still name a server twice (two tools, one label)
-                credentials, resolved = resolve(((_BODY, found),))
+        else:  # one source can still name a server twice (two tools, one label)
+            credentials, resolved = resolve(((_BODY, found),))
             if self._auditor is not None:
-                if resolved is None:
-                    resolved = ((found[0], ()),)
                 self._auditor.resolved(
                     resolved,
                     method=scope["method"],
@@ -210,7 +205,6 @@ class MCPAuthMiddleware:
         # No local of this frame holds the body or a bare token while the application runs
         # (tracebacks that render locals, such as structlog's ``dict_tracebacks``, must not
         # find one): ``replay`` and ``credentials`` hide theirs.
-        del found, raw
         token = _credentials.set(credentials)
         try:
             await self.app(scope, replay, send)

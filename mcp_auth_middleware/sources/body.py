@@ -41,7 +41,6 @@ __all__ = [
     "check_tool_headers",
     "decode_body",
     "parse_body",
-    "parsed_body",
     "read_credentials",
 ]
 
@@ -139,16 +138,12 @@ def _decode_with_json(body: bytes) -> _Envelope | None:
     )
 
 
-def parsed_body(envelope: _Envelope | None) -> ParsedBody | None:
-    """The public view of a decoded body (what custom sources read as ``request.body``)."""
+def parse_body(body: bytes) -> ParsedBody | None:
+    """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object."""
+    envelope = decode_body(body)
     if envelope is None:
         return None
     return ParsedBody._of(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
-
-
-def parse_body(body: bytes) -> ParsedBody | None:
-    """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object."""
-    return parsed_body(decode_body(body))
 
 
 def _may_differ(body: bytes, ascii: bool | None = None) -> bool:
@@ -246,21 +241,22 @@ def read_credentials(
     ``server_label``, ``authorization`` and ``headers``); ``positions`` their places in the
     request's ``tools`` list when that is not their index (errors name them).
     """
+    if positions is None:
+        positions = range(len(tools))
     found: list[MCPCredential] = []
     tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
     for index, tool in enumerate(tools):
         if tool.type != "mcp":
             continue
         if tool.headers is not None:
-            _check_headers(tool.headers, index if positions is None else positions[index])
+            _check_headers(tool.headers, positions[index])
         value = tool.authorization
         if value is None or value == "":
             continue
         token = check_token(value, require_bearer=False)
         if token is None:
-            position = index if positions is None else positions[index]
             raise CredentialRejected(
-                INVALID_AUTHORIZATION, f"tools[{position}].authorization", source=_BODY
+                INVALID_AUTHORIZATION, f"tools[{positions[index]}].authorization", source=_BODY
             )
         label = tool.server_label if type(tool.server_label) is str else None
         url = tool.server_url
@@ -268,7 +264,7 @@ def read_credentials(
             if label is not None:
                 found.append(MCPCredential._new(token, _SOURCE, None, label, None))
             continue
-        server = _server(url, index if positions is None else positions[index])
+        server = _server(url, positions[index])
         previous = tokens.get(server.url)
         if previous is None:
             tokens[server.url] = token
@@ -276,7 +272,7 @@ def read_credentials(
         elif previous != token:
             raise CredentialRejected(
                 CONFLICTING_CREDENTIALS,
-                _param(index if positions is None else positions[index]),
+                _param(positions[index]),
                 source=_BODY,
             )
     if authorization is not None and authorization != "":
