@@ -8,7 +8,7 @@ are logged without their query string, which may carry secrets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import structlog
 
@@ -22,6 +22,10 @@ CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
 CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
 
 
+@overload
+def _printable(value: str, limit: int = ...) -> str: ...
+@overload
+def _printable(value: str | None, limit: int = ...) -> str | None: ...
 def _printable(value: str | None, limit: int = 256) -> str | None:
     """A caller-chosen string made safe for any renderer: no control characters (a newline
     in a console log could forge a line), bounded length."""
@@ -39,18 +43,27 @@ class Auditor:
     def resolved(
         self, items: Sequence[Resolved], *, method: str, path: str, request_id: str | None
     ) -> None:
+        # The usual values are printable and short: checked inline, before any call.
+        if not (len(path) <= 2048 and path.isprintable()):
+            path = _printable(path, 2048)
+        if request_id is not None and not (len(request_id) <= 256 and request_id.isprintable()):
+            request_id = _printable(request_id)
+        info = self._log.info
         for cred, shadowed in items:
             server = cred.server
-            self._log.info(
+            label = cred.server_label
+            if label is not None and not (len(label) <= 256 and label.isprintable()):
+                label = _printable(label)
+            info(
                 CREDENTIAL_RESOLVED,
                 source=str(cred.source),
                 shadowed=list(shadowed),
                 server_url=None if server is None else server.loggable,
-                server_label=_printable(cred.server_label),
+                server_label=label,
                 fingerprint=cred.fingerprint,
                 method=method,
-                path=_printable(path, 2048),
-                request_id=_printable(request_id),
+                path=path,
+                request_id=request_id,
             )
 
     def rejected(

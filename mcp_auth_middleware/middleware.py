@@ -99,10 +99,16 @@ class MCPAuthMiddleware:
             if _PROVIDER_DATA in names
             else None
         )
-        # The header names ``__call__`` reads (lower case, as ASGI servers send them).
+        # The header names ``__call__`` reads (lower case, as ASGI servers send them); the
+        # request id only for the audit.
         self._watched = frozenset(
             name
-            for name in (b"content-type", b"content-length", self._provider_data_key)
+            for name in (
+                b"content-type",
+                b"content-length",
+                self._provider_data_key,
+                b"x-request-id" if config.audit else None,
+            )
             if name is not None
         )
         self._paths = (
@@ -126,9 +132,10 @@ class MCPAuthMiddleware:
         # Starlette's ``request.headers.get()``: reading another Content-Type than the
         # application reads would let a body slip past the checks.
         raw = scope["headers"]
-        content_type = length = None
+        content_type = length = request_id = None
         general = not self._body_only
         watched = self._watched
+        provider_key = self._provider_data_key
         for name, value in raw:
             if name in watched:
                 if name == b"content-type":
@@ -137,8 +144,10 @@ class MCPAuthMiddleware:
                 elif name == b"content-length":
                     if length is None:
                         length = value
-                else:  # the provider-data header
+                elif name == provider_key:
                     general = True
+                elif request_id is None:  # X-Request-ID, for the audit
+                    request_id = value
         if (
             content_type is not None
             and content_type != b"application/json"
@@ -200,7 +209,7 @@ class MCPAuthMiddleware:
                     resolved,
                     method=scope["method"],
                     path=scope["path"],
-                    request_id=_request_id(raw),
+                    request_id=_request_id_of(request_id),
                 )
         # No local of this frame holds the body or a bare token while the application runs
         # (tracebacks that render locals, such as structlog's ``dict_tracebacks``, must not
@@ -337,13 +346,18 @@ async def _read_rest(
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """asgi-correlation-id's request id, else the first ``X-Request-ID`` (bounded)."""
+    for name, header in headers:
+        if name == b"x-request-id":
+            return _request_id_of(header)
+    return _request_id_of(None)
+
+
+def _request_id_of(header: bytes | None) -> str | None:
+    """:func:`_request_id`, given the first ``X-Request-ID`` value (or ``None``)."""
     value = _correlation_id.get() if _correlation_id is not None else None
     if value:
         return value
-    for name, header in headers:
-        if name == b"x-request-id":
-            return header[:128].decode("latin-1") or None
-    return None
+    return None if header is None else header[:128].decode("latin-1") or None
 
 
 async def _reject(mw: MCPAuthMiddleware, scope: Scope, send: Send, exc: CredentialRejected) -> None:

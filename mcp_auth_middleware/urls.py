@@ -39,17 +39,12 @@ class ServerURL(NamedTuple):
 
     #: The canonical string form (computed once: parsed URLs are cached).
     url: str
+    #: The form for logs: the query (which may carry secrets) replaced by a marker.
+    loggable: str
 
     @property
     def origin(self) -> tuple[str, str, int | None]:
         return (self.scheme, self.host, self.port)
-
-    @property
-    def loggable(self) -> str:
-        """The URL for logs: the query (which may carry secrets) replaced by a marker."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = "" if self.port is None else f":{self.port}"
-        return f"{self.scheme}://{host}{port}{self.path}{'?…' if self.query else ''}"
 
 
 def _normalize_path(path: str) -> str:
@@ -86,8 +81,10 @@ def parse_server_url(url: str) -> ServerURL:
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
-    url = f"{scheme}://{netloc}{path}{'?' + parts.query if parts.query else ''}"
-    return ServerURL(scheme, host, port, path, parts.query, url)
+    base = f"{scheme}://{netloc}{path}"
+    if not parts.query:
+        return ServerURL(scheme, host, port, path, "", base, base)
+    return ServerURL(scheme, host, port, path, parts.query, f"{base}?{parts.query}", f"{base}?…")
 
 
 def normalize_server_url(url: str) -> str:

@@ -21,7 +21,14 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     ProviderDataMode,
 )
-from tests.helpers import PROVIDER_DATA, client, make_app, mcp_tool, provider_data
+from tests.helpers import (
+    PROVIDER_DATA,
+    NothingSource,
+    client,
+    make_app,
+    mcp_tool,
+    provider_data,
+)
 
 URL = "https://mcp.example.com/mcp"
 OTHER = "https://other.example.com/mcp"
@@ -405,3 +412,61 @@ async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
     assert rejected["code"] == "invalid_authorization"
     # A refusal is worth more attention than a success.
     assert audit[1].levelno >= audit[0].levelno >= logging.INFO
+
+
+# Both request paths: the inlined body-only one, and the general one (a custom source).
+BOTH_PATHS = [
+    pytest.param(MCPAuthConfig(), id="inlined"),
+    pytest.param(MCPAuthConfig(sources=[NothingSource()]), id="general"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize(
+    ("label", "path", "request_id"),
+    [
+        pytest.param("docs\nforged line", PATH + "%0Aforged", "rq\x7f1", id="newlines"),
+        pytest.param("\x1b[31mred\x1b[0m", PATH + "%1B%5B2J", "rq\x851", id="escapes"),
+        pytest.param("a\u2028b\u0085c", PATH + "%E2%80%A8", "rq\xa0", id="unicode-separators"),
+        pytest.param("l" * 300, PATH + "/" + "p" * 3000, "r" * 300, id="too-long"),
+    ],
+)
+async def test_caller_chosen_fields_are_printable_and_bounded(
+    audit_log: list[dict[str, Any]], config: MCPAuthConfig, label: str, path: str, request_id: str
+) -> None:
+    """A label, path or request id can carry anything the caller likes: in the event it is
+    printable (no line a console renderer could split) and bounded."""
+    app = make_app(config)
+    async with client(app) as c:
+        r = await c.post(
+            path,
+            json={"tools": [mcp_tool(URL, label=label)]},
+            headers={"X-Request-ID": request_id.encode("latin-1")},
+        )
+    assert r.status_code in (200, 404)  # Starlette's routes match no newline in a path
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    for field, limit in (("server_label", 256), ("path", 2048), ("request_id", 128)):
+        value = event[field]
+        assert value.isprintable(), (field, value)
+        assert len(value) <= limit * 4 + 2, (field, len(value))  # repr escapes at most 4x
+    assert event["server_label"].startswith(repr(label[:3])[1:4])
+    assert event["path"].startswith(PATH)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", BOTH_PATHS)
+async def test_first_request_id_header_wins_and_is_bounded(
+    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+) -> None:
+    app = make_app(config)
+    async with client(app) as c:
+        await c.post(
+            PATH,
+            json={"tools": [mcp_tool(URL)]},
+            headers=[("X-Request-ID", "first"), ("X-Request-ID", "second")],
+        )
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]}, headers={"X-Request-ID": "i" * 500})
+    first, long = events(audit_log, CREDENTIAL_RESOLVED)
+    assert first["request_id"] == "first"
+    assert long["request_id"] == "i" * 128
