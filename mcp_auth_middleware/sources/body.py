@@ -29,6 +29,7 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
 )
 from mcp_auth_middleware.sources.base import (
+    MAX_TOKEN_LENGTH,
     ParsedBody,
     SourceRequest,
     check_token,
@@ -220,6 +221,11 @@ def _param(where: str | int) -> str:
     return where if isinstance(where, str) else f"tools[{where}].server_url"
 
 
+def _at(positions: Sequence[int] | None, index: int) -> int:
+    """The place in the request's ``tools`` of the ``index``-th decoded tool."""
+    return index if positions is None else positions[index]
+
+
 def _server(url: Any, where: str | int) -> ServerURL:
     if isinstance(url, str):
         try:
@@ -241,30 +247,49 @@ def read_credentials(
     ``server_label``, ``authorization`` and ``headers``); ``positions`` their places in the
     request's ``tools`` list when that is not their index (errors name them).
     """
-    if positions is None:
-        positions = range(len(tools))
     found: list[MCPCredential] = []
     tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
     for index, tool in enumerate(tools):
         if tool.type != "mcp":
             continue
         if tool.headers is not None:
-            _check_headers(tool.headers, positions[index])
+            _check_headers(tool.headers, _at(positions, index))
         value = tool.authorization
         if value is None or value == "":
             continue
-        token = check_token(value, require_bearer=False)
-        if token is None:
-            raise CredentialRejected(
-                INVALID_AUTHORIZATION, f"tools[{positions[index]}].authorization", source=_BODY
-            )
+        # A bare token (the usual form) passes check_token's rules here, without the call:
+        # printable ASCII, no space (so no scheme), not the lone word "Bearer".
+        if (
+            type(value) is str
+            and len(value) <= MAX_TOKEN_LENGTH
+            and value.isascii()
+            and value.isprintable()
+            and " " not in value
+            and (len(value) != 6 or value.lower() != "bearer")
+        ):
+            token = value
+        else:
+            checked = check_token(value, require_bearer=False)
+            if checked is None:
+                raise CredentialRejected(
+                    INVALID_AUTHORIZATION,
+                    f"tools[{_at(positions, index)}].authorization",
+                    source=_BODY,
+                )
+            token = checked
         label = tool.server_label if type(tool.server_label) is str else None
         url = tool.server_url
         if url is None:
             if label is not None:
                 found.append(MCPCredential._new(token, _SOURCE, None, label, None))
             continue
-        server = _server(url, positions[index])
+        try:
+            server = parse_server_url(url) if type(url) is str else None
+        except ValueError:
+            server = None
+        if server is None:
+            where = _param(_at(positions, index))
+            raise CredentialRejected(INVALID_SERVER_URL, where, source=_BODY)
         previous = tokens.get(server.url)
         if previous is None:
             tokens[server.url] = token
@@ -272,7 +297,7 @@ def read_credentials(
         elif previous != token:
             raise CredentialRejected(
                 CONFLICTING_CREDENTIALS,
-                _param(positions[index]),
+                _param(_at(positions, index)),
                 source=_BODY,
             )
     if authorization is not None and authorization != "":
