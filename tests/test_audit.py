@@ -417,7 +417,7 @@ async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
 # Both request paths: the inlined body-only one, and the general one (a custom source).
 BOTH_PATHS = [
     pytest.param(MCPAuthConfig(), id="inlined"),
-    pytest.param(MCPAuthConfig(sources=[NothingSource()]), id="general"),
+    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="general"),
 ]
 
 
@@ -442,7 +442,7 @@ async def test_caller_chosen_fields_are_printable_and_bounded(
         r = await c.post(
             path,
             json={"tools": [mcp_tool(URL, label=label)]},
-            headers={"X-Request-ID": request_id.encode("latin-1")},
+            headers={b"X-Request-ID": request_id.encode("latin-1")},
         )
     assert r.status_code in (200, 404)  # Starlette's routes match no newline in a path
     [event] = events(audit_log, CREDENTIAL_RESOLVED)
