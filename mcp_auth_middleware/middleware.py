@@ -32,7 +32,7 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
     error_body,
 )
-from mcp_auth_middleware.resolve import resolve
+from mcp_auth_middleware.resolve import Resolved, resolve
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, decode_body, read_credentials
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
@@ -202,8 +202,12 @@ class MCPAuthMiddleware:
         del envelope
         if not found:
             credentials = EMPTY_CREDENTIALS
-        else:  # one source can still name a server twice (two tools, one label)
-            credentials, resolved = resolve(((_BODY, found),))
+        else:
+            if len(found) == 1:  # nothing to resolve (resolve()'s short case, without the call)
+                credentials = MCPCredentials._of_one(found[0])
+                resolved: tuple[Resolved, ...] = ((found[0], ()),)
+            else:  # one source can still name a server twice (two tools, one label)
+                credentials, resolved = resolve(((_BODY, found),))
             if self._auditor is not None:
                 self._auditor.resolved(
                     resolved,
