@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_auth_middleware import middleware
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.context import _credentials
+from mcp_auth_middleware.credentials import MCPCredentials
 from mcp_auth_middleware.resolve import resolve
 from mcp_auth_middleware.sources.body import decode_body, read_credentials
 
@@ -74,6 +75,13 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
     assert envelope is not None
     found = read_credentials(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
     resolved = resolve([("body", found)])
+    credentials = resolved[0]
+
+    class PrecomputedSet:  # what the inlined path builds one credential's set with
+        @staticmethod
+        def _of_one(cred: object) -> object:
+            return credentials
+
     steps: list[tuple[str, list[Patch]]] = [
         (
             "decode_body (msgspec + agreement checks)",
@@ -83,7 +91,13 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
             "read_credentials (tokens, URLs, MCPCredential)",
             [(middleware, "read_credentials", lambda *a: found)],
         ),
-        ("resolve (the credential set)", [(middleware, "resolve", lambda f: resolved)]),
+        (
+            "the credential set (resolve, or the one-credential set)",
+            [
+                (middleware, "resolve", lambda f: resolved),
+                (middleware, "MCPCredentials", PrecomputedSet),
+            ],
+        ),
     ]
     if audit:
         steps.append(("audit event(s)", [(Auditor, "resolved", lambda *a, **k: None)]))
@@ -152,7 +166,14 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
         ("join chunks" if len(chunks) > 1 else "bytes(body)", _best_us(lambda: b"".join(chunks))),
         ("decode_body", _best_us(lambda: decode_body(raw))),
         ("read_credentials", _best_us(lambda: read_credentials(tools, authorization, endpoint))),
-        ("resolve (the credential set)", _best_us(lambda: resolve([("body", found)]))),
+        (
+            "the credential set",
+            _best_us(
+                (lambda: MCPCredentials._of_one(found[0]))
+                if len(found) == 1
+                else (lambda: resolve([("body", found)]))
+            ),
+        ),
         (
             "ContextVar set + reset",
             _best_us(lambda: _credentials.reset(_credentials.set(credentials))),

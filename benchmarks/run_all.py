@@ -325,6 +325,7 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
         )
     )
     for name, label in (
+        ("floor", "floor (buffer + bytes scan + replay)"),
         ("basehttp", "BaseHTTPMiddleware"),
         ("fastapi_bare", "FastAPI body model"),
         ("fastapi_dep", "FastAPI + credentials dependency"),
