@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator, Mapping
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -57,9 +58,25 @@ class CredentialSource(StrEnum):
     SERVER_HEADER = "server_header"
 
 
+def _builtin_sha256() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (the same digest as OpenSSL's): OpenSSL sets up a digest context
+    on every call, which costs several µs per audited request in place. ``hashlib``'s when
+    the interpreter was built without it."""
+    for module in ("_sha2", "_sha256"):  # CPython 3.12 and later, 3.11
+        try:
+            constructor: Callable[[bytes], Any] = importlib.import_module(module).sha256
+        except (ImportError, AttributeError):
+            continue
+        return constructor
+    return hashlib.sha256
+
+
+_sha256 = _builtin_sha256()
+
+
 def fingerprint(token: str) -> str:
     """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
+    return str(_sha256(token.encode()).hexdigest()[:12])
 
 
 class MCPCredential:

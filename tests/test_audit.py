@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import uuid
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
 from mcp_auth_middleware import (
@@ -21,6 +24,8 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     ProviderDataMode,
 )
+from mcp_auth_middleware import credentials as credentials_module
+from mcp_auth_middleware.credentials import fingerprint
 from tests.helpers import (
     PROVIDER_DATA,
     NothingSource,
@@ -470,3 +475,19 @@ async def test_first_request_id_header_wins_and_is_bounded(
     first, long = events(audit_log, CREDENTIAL_RESOLVED)
     assert first["request_id"] == "first"
     assert long["request_id"] == "i" * 128
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_fingerprint_matches_hashlib_sha256(token: str) -> None:
+    """The built-in SHA-256 the fingerprint uses gives hashlib's digest."""
+    assert fingerprint(token) == hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def test_fingerprint_falls_back_to_hashlib_without_the_builtin_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_module(name: str) -> Any:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", no_module)
+    assert credentials_module._builtin_sha256() is hashlib.sha256
