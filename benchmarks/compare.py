@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import common
-from common import KB, HTTPRequest, Variant, measure, post_json, responses_body
+from common import KB, RESPONSES_PATH, HTTPRequest, Variant, measure, post_json, responses_body
 from starlette.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +75,11 @@ CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
         "bare",
     ),
     "GET": (HTTPRequest("GET", "/v1/models"), {"audit": False}, "bare"),
+    "path not in paths": (
+        post_json(responses_body(1 * KB), "/v1/chat/completions"),
+        {"audit": False, "paths": (RESPONSES_PATH,)},
+        "bare",
+    ),
 }
 
 

@@ -10,7 +10,7 @@ import fnmatch
 import inspect
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -111,11 +111,7 @@ class MCPAuthMiddleware:
             )
             if name is not None
         )
-        self._paths = (
-            None
-            if config.paths is None
-            else re.compile("|".join(fnmatch.translate(p) for p in config.paths)).match
-        )
+        self._paths = None if config.paths is None else _path_matcher(config.paths)
         self._max_body = config.max_body_bytes
         self._auditor = Auditor() if config.audit else None
 
@@ -346,6 +342,19 @@ async def _read_rest(
     if len(messages) == 1:
         return bytes(messages[0].get("body", b""))
     return b"".join(m.get("body", b"") for m in messages)
+
+
+def _path_matcher(patterns: Iterable[str]) -> Callable[[str], object]:
+    """Whether a path matches one of the fnmatch ``patterns``: a set lookup for the literal
+    ones (the usual configuration), a regular expression for the others."""
+    literal = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+    globs = [p for p in patterns if p not in literal]
+    if not globs:
+        return literal.__contains__
+    match = re.compile("|".join(fnmatch.translate(p) for p in globs)).match
+    if not literal:
+        return match
+    return lambda path: path in literal or match(path)
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_auth_middleware import (
@@ -14,6 +18,7 @@ from mcp_auth_middleware import (
     ProviderDataMode,
     current_credentials,
 )
+from mcp_auth_middleware.middleware import _path_matcher
 from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -293,6 +298,25 @@ async def test_paths_matching_a_pattern_are_read(path: str) -> None:
     assert accepted.status_code == 200
     assert [c["token"] for c in recorder.calls[0]["credentials"]] == ["tok-p"]
     assert len(recorder.calls) == 1
+
+
+PATTERN_PARTS = ["/v1", "/responses", "/a", "/", "*", "?", "[ab]", "[!a]", "x", "."]
+PATH_PARTS = ["/v1", "/responses", "/a", "/b", "/", "x", ".", "*", "?", "[", "\n"]
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from(PATTERN_PARTS), max_size=4).map(lambda p: "/" + "".join(p)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.sampled_from(PATH_PARTS), max_size=5).map(lambda p: "/" + "".join(p)),
+)
+def test_path_matching_is_fnmatch_of_any_pattern(patterns: list[str], path: str) -> None:
+    """Literal patterns go through a set, the others through a regular expression: the
+    answer is still fnmatch's (case-sensitive) for any of the patterns."""
+    expected = any(re.fullmatch(fnmatch.translate(p), path) for p in patterns)
+    assert bool(_path_matcher(patterns)(path)) == expected
 
 
 @pytest.mark.anyio
