@@ -280,6 +280,13 @@ def suite_sizes(
             row["extra_vs_floor"] = {
                 n: common.extra_ratio(cpu[n], cpu["floor"], bare) for n in ("ours", "basehttp")
             }
+            # How much the figure moves: the quartiles of the same ratio taken round by round.
+            per_round = [
+                (o - b) / (f - b)
+                for o, f, b in zip(cpu["ours"], cpu["floor"], bare, strict=True)
+                if f > b
+            ]
+            row["extra_vs_floor_iqr"] = common.quartiles(per_round) if len(per_round) >= 4 else None
             out["sizes"][str(size)] = row
     finally:
         for w in workers.values():

@@ -527,7 +527,12 @@ def ratio(a: Sequence[float], b: Sequence[float]) -> float:
 
 def spread(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """The interquartile range of the per-round ratios ``a/b`` (how noisy the median is)."""
-    q = statistics.quantiles((x / y for x, y in zip(a, b, strict=True)), n=4)
+    return quartiles([x / y for x, y in zip(a, b, strict=True)])
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles of ``values``."""
+    q = statistics.quantiles(values, n=4)
     return q[0], q[2]
 
 

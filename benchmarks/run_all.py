@@ -61,7 +61,7 @@ FULL = Plan(
     4,
     20,
     9,
-    9,
+    21,
     ("default", "mmap_only", "tuned"),
     _ALL_SIZES,
     1,
@@ -240,10 +240,12 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                 continue
             value = row["extra_vs_floor"]["ours"]
             extra, faults = row["extra_us"], row["page_faults_per_call"]
+            iqr = row.get("extra_vs_floor_iqr")
+            spread = f", IQR {iqr[0]:.2f}-{iqr[1]:.2f}" if iqr else ""
             out.append(
                 (
                     f"{label}, malloc {name}: ours",
-                    f"{_ratio_or_na(value)} (+{extra['ours'] / 1000:.2f} ms vs floor "
+                    f"{_ratio_or_na(value)}{spread} (+{extra['ours'] / 1000:.2f} ms vs floor "
                     f"+{extra['floor'] / 1000:.2f} ms; bare {row['per_call_us']['bare'] / 1000:.2f}"
                     f" ms; page faults/req {faults['bare']:.0f}/{faults['floor']:.0f}/"
                     f"{faults['ours']:.0f})",
