@@ -146,9 +146,10 @@ class HTTPRequest:
     path: str
     body: bytes = b""
     content_type: bytes | None = b"application/json"
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        headers = list(_CLIENT_HEADERS)
+        headers = [*_CLIENT_HEADERS, *self.extra_headers]
         if self.method != "GET":
             if self.content_type is not None:
                 headers.append((b"content-type", self.content_type))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import statistics
 import subprocess
@@ -64,11 +65,25 @@ def app_with(package: ModuleType, **config: Any) -> ASGIApp:
     return app
 
 
+_PROVIDER_DATA = json.dumps(
+    {"mcp_headers": {"https://mcp1.example.com/mcp": {"Authorization": "Bearer tok-pd"}}}
+).encode()
+
 CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
     # name: (request, middleware config, bare app to compare with)
     "1 KB, 1 credential": (post_json(responses_body(1 * KB)), {"audit": False}, "bare"),
     "1 KB, audit on": (post_json(responses_body(1 * KB)), {"audit": True}, "bare_audit"),
     "10 tools": (post_json(responses_body(1 * KB, tools=10)), {"audit": False}, "bare"),
+    "provider-data header": (  # the general path: every source asked in turn
+        HTTPRequest(
+            "POST",
+            RESPONSES_PATH,
+            responses_body(1 * KB),
+            extra_headers=((b"x-llamastack-provider-data", _PROVIDER_DATA),),
+        ),
+        {"audit": False},
+        "bare",
+    ),
     "text/plain": (
         HTTPRequest("POST", "/v1/files", b"x" * KB, b"text/plain"),
         {"audit": False},
