@@ -254,6 +254,16 @@ class MCPCredentials:
         set_(self, "_index", None)
         return self
 
+    @classmethod
+    def _of_distinct(cls, items: tuple[MCPCredential, ...]) -> MCPCredentials:
+        """The set of credentials already one per server (``resolve``'s winners): the
+        lookup tables wait for the first lookup."""
+        self = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "_items", items)
+        set_(self, "_index", None)
+        return self
+
     def _lookup(self) -> _Index:
         index = self._index
         if index is None:

@@ -44,4 +44,4 @@ def resolve(
             else:
                 winners[key] = cred
     resolved = tuple((cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
-    return MCPCredentials(winners.values()), resolved
+    return MCPCredentials._of_distinct(tuple(winners.values())), resolved

@@ -21,7 +21,7 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
 )
 from mcp_auth_middleware.sources.base import SourceRequest, parse_token
-from mcp_auth_middleware.urls import parse_server_url
+from mcp_auth_middleware.urls import ServerURL, parse_server_url
 
 __all__ = ["RESERVED_HEADERS", "ProviderDataSource", "check_extra_header"]
 
@@ -48,6 +48,9 @@ RESERVED_HEADERS: Final = frozenset(
         "upgrade",
     }
 )
+
+#: ``json.loads`` of a ``str`` without its keyword handling: the same decoder, called directly.
+_decode = json.JSONDecoder().decode
 
 
 def check_extra_header(name: Any, value: Any) -> bool:
@@ -86,7 +89,7 @@ class ProviderDataSource:
         if len(values) > 1:
             raise self._invalid()  # two values: which one would the application read?
         try:
-            data = json.loads(values[0])
+            data = _decode(values[0])
         except (ValueError, RecursionError):
             raise self._invalid() from None
         if not isinstance(data, dict):
@@ -99,12 +102,13 @@ class ProviderDataSource:
         found: dict[str, MCPCredential] = {}
         for url, headers in mcp.items():
             try:
-                key = parse_server_url(url).url
+                server = parse_server_url(url)
             except ValueError:
                 raise self._invalid() from None
             if not isinstance(headers, dict):
                 raise self._invalid()
-            cred = self._credential(url, headers)
+            key = server.url
+            cred = self._credential(url, server, headers)
             if cred is None:
                 continue
             previous = found.get(key)
@@ -115,7 +119,9 @@ class ProviderDataSource:
             found.setdefault(key, cred)
         return list(found.values())
 
-    def _credential(self, url: str, headers: dict[Any, Any]) -> MCPCredential | None:
+    def _credential(
+        self, url: str, server: ServerURL, headers: dict[Any, Any]
+    ) -> MCPCredential | None:
         authorization: Any = None
         extra: dict[str, str] = {}
         for name, value in headers.items():
@@ -134,6 +140,8 @@ class ProviderDataSource:
         if self.mode is ProviderDataMode.REJECT:
             raise CredentialRejected(AUTHORIZATION_IN_PROVIDER_DATA, self.header, source=_SOURCE)
         token = parse_token(authorization, param=self.header, source=_SOURCE, require_bearer=True)
+        if not extra:  # the usual entry: the URL is parsed already
+            return MCPCredential._new(token, CredentialSource.PROVIDER_DATA, url, None, server)
         return MCPCredential(
             token=token, source=CredentialSource.PROVIDER_DATA, server_url=url, headers=extra
         )
