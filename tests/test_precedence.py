@@ -10,8 +10,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mcp_auth_middleware import MCPAuthConfig, ProviderDataMode
+from mcp_auth_middleware import MCPAuthConfig, MCPCredential, MCPCredentials, ProviderDataMode
+from mcp_auth_middleware.resolve import resolve
 from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -206,3 +209,40 @@ async def test_body_credentials_are_the_same_with_or_without_a_provider_data_hea
     got = await seen(MCPAuthConfig(), body, headers)
     assert (URL, "body", "from-body") in got
     assert len(got) == (2 if with_header else 1)
+
+
+# --- resolve() itself ----------------------------------------------------------------------
+
+_URLS = ["https://a.example/mcp", "https://A.example:443/mcp/", "https://b.example/mcp", None]
+_LABELS = ["docs", "DOCS", "wiki", None]
+
+
+@st.composite
+def _found(draw: st.DrawFn) -> list[tuple[str, list[MCPCredential]]]:
+    """Credentials from up to three sources, for overlapping servers, labels and defaults."""
+    out = []
+    for source in draw(st.lists(st.sampled_from(["body", "s2", "s3"]), unique=True)):
+        creds = []
+        for i in range(draw(st.integers(0, 4))):
+            url, label = draw(st.sampled_from(_URLS)), draw(st.sampled_from(_LABELS))
+            cred = MCPCredential(
+                token=f"t-{source}-{i}", source=source, server_url=url, server_label=label
+            )
+            creds.append(cred)
+        out.append((source, creds))
+    return out
+
+
+@given(_found())
+def test_resolved_set_is_one_per_server_and_answers_like_a_checked_set(
+    found: list[tuple[str, list[MCPCredential]]],
+) -> None:
+    """``resolve()`` builds its set without the public constructor's checks: its winners
+    must pass them, and every lookup must answer as on a set built the public way."""
+    creds, resolved = resolve(found)
+    checked = MCPCredentials(creds)  # raises if two winners claim one server, or two defaults
+    assert [c for c, _ in resolved] == list(creds)
+    for key in [*_URLS, *_LABELS]:
+        if key is not None:
+            assert creds.for_server(key) is checked.for_server(key)
+    assert creds.default is checked.default
