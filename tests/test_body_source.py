@@ -7,12 +7,21 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware, current_credentials
+from mcp_auth_middleware import (
+    CredentialRejected,
+    MCPAuthConfig,
+    MCPAuthMiddleware,
+    current_credentials,
+)
+from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, check_token
+from mcp_auth_middleware.sources.body import _Tool, read_credentials
 from tests.helpers import Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -369,3 +378,31 @@ async def test_application_receives_the_very_bytes_that_were_sent() -> None:
     assert response.status_code == 200
     assert recorder.calls[0]["body"] == raw
     assert recorder.calls[0]["credentials"] == [credential("tok-1", URL, "s\u00e9")]
+
+
+# read_credentials checks the usual bare token inline (no call on the hot path): it must
+# accept and refuse exactly what check_token, the rule every other source uses, does.
+_CHARS = st.sampled_from(["a", "Z", "0", "-", "~", " ", "\t", "\r", "\n", "\x00", "é", "\u2028"])
+_SCHEMES = st.sampled_from(["Bearer", "bearer ", "BEARER  ", "Bearer\t"])
+_LONG = ["x" * MAX_TOKEN_LENGTH, "x" * (MAX_TOKEN_LENGTH + 1), "Bearer " + "x" * MAX_TOKEN_LENGTH]
+_TOKEN_VALUES = st.one_of(
+    st.text(_CHARS, min_size=1, max_size=12),
+    st.builds(lambda p, t: p + t, _SCHEMES, st.text(_CHARS, max_size=6)),
+    st.sampled_from(_LONG),
+    st.text(min_size=1, max_size=20),
+    st.integers(),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+
+
+@given(_TOKEN_VALUES)
+def test_body_token_rule_is_check_tokens(value: Any) -> None:
+    tool = _Tool("mcp", "https://mcp.example.com/mcp", "srv", value, None)
+    expected = check_token(value, require_bearer=False)
+    if expected is None:
+        with pytest.raises(CredentialRejected) as refused:
+            read_credentials([tool], None, None)
+        assert refused.value.code == "invalid_authorization"
+    else:
+        [cred] = read_credentials([tool], None, None)
+        assert cred.token.get_secret_value() == expected
