@@ -79,7 +79,7 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
 
     class PrecomputedSet:  # what the inlined path builds one credential's set with
         @staticmethod
-        def _of_one(cred: object) -> object:
+        def _of_distinct(items: object) -> object:
             return credentials
 
     steps: list[tuple[str, list[Patch]]] = [
@@ -169,7 +169,7 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
         (
             "the credential set",
             _best_us(
-                (lambda: MCPCredentials._of_one(found[0]))
+                (lambda: MCPCredentials._of_distinct((found[0],)))
                 if len(found) == 1
                 else (lambda: resolve([("body", found)]))
             ),

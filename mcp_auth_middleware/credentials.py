@@ -76,7 +76,8 @@ _sha256 = _builtin_sha256()
 
 def fingerprint(token: str) -> str:
     """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
-    return str(_sha256(token.encode()).hexdigest()[:12])
+    digest: str = _sha256(token.encode()).hexdigest()
+    return digest[:12]
 
 
 class MCPCredential:
@@ -132,16 +133,17 @@ class MCPCredential:
         server_url: str | None,
         server_label: str | None,
         server: ServerURL | None,
+        headers: Mapping[str, str] | None = None,
     ) -> MCPCredential:
-        """A credential without extra headers from checked parts (``server`` is the parsed
-        ``server_url``): the request path's constructor, without keyword handling."""
+        """A credential from checked parts (``server`` is the parsed ``server_url``): the
+        request path's constructor, without keyword handling."""
         self = object.__new__(cls)
         self._secret = secret
         self._token = None
         self._source = source
         self._server_url = server_url
         self._server_label = server_label
-        self._headers = _EMPTY_HEADERS
+        self._headers = SecureHeaders(headers) if headers else _EMPTY_HEADERS
         self._server = server
         self._fingerprint = None
         return self
@@ -246,18 +248,10 @@ class MCPCredentials:
         set_(self, "_index", _index_of(items))
 
     @classmethod
-    def _of_one(cls, cred: MCPCredential) -> MCPCredentials:
-        """The set of one credential (the request path's constructor: no index yet)."""
-        self = object.__new__(cls)
-        set_ = object.__setattr__
-        set_(self, "_items", (cred,))
-        set_(self, "_index", None)
-        return self
-
-    @classmethod
     def _of_distinct(cls, items: tuple[MCPCredential, ...]) -> MCPCredentials:
-        """The set of credentials already one per server (``resolve``'s winners): the
-        lookup tables wait for the first lookup."""
+        """The request path's constructor, for credentials already one per server (one
+        credential, or ``resolve``'s winners): no checks, and the lookup tables wait for
+        the first lookup."""
         self = object.__new__(cls)
         set_ = object.__setattr__
         set_(self, "_items", items)

@@ -200,7 +200,7 @@ class MCPAuthMiddleware:
             credentials = EMPTY_CREDENTIALS
         else:
             if len(found) == 1:  # nothing to resolve (resolve()'s short case, without the call)
-                credentials = MCPCredentials._of_one(found[0])
+                credentials = MCPCredentials._of_distinct((found[0],))
                 resolved: tuple[Resolved, ...] = ((found[0], ()),)
             else:  # one source can still name a server twice (two tools, one label)
                 credentials, resolved = resolve(((_BODY, found),))

@@ -32,7 +32,7 @@ def resolve(
     if len(found) == 1:  # one source: nothing to shadow (the usual case)
         creds = found[0][1]
         if len(creds) == 1:
-            return MCPCredentials._of_one(creds[0]), ((creds[0], ()),)
+            return MCPCredentials._of_distinct((creds[0],)), ((creds[0], ()),)
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:

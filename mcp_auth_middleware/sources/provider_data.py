@@ -140,8 +140,4 @@ class ProviderDataSource:
         if self.mode is ProviderDataMode.REJECT:
             raise CredentialRejected(AUTHORIZATION_IN_PROVIDER_DATA, self.header, source=_SOURCE)
         token = parse_token(authorization, param=self.header, source=_SOURCE, require_bearer=True)
-        if not extra:  # the usual entry: the URL is parsed already
-            return MCPCredential._new(token, CredentialSource.PROVIDER_DATA, url, None, server)
-        return MCPCredential(
-            token=token, source=CredentialSource.PROVIDER_DATA, server_url=url, headers=extra
-        )
+        return MCPCredential._new(token, CredentialSource.PROVIDER_DATA, url, None, server, extra)
