@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_auth_middleware import middleware
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.context import _credentials
-from mcp_auth_middleware.credentials import MCPCredentials
+from mcp_auth_middleware.credentials import _credential_set
 from mcp_auth_middleware.resolve import resolve
 from mcp_auth_middleware.sources.body import decode_body, read_credentials
 
@@ -77,11 +77,6 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
     resolved = resolve([("body", found)])
     credentials = resolved[0]
 
-    class PrecomputedSet:  # what the inlined path builds one credential's set with
-        @staticmethod
-        def _of_distinct(items: object) -> object:
-            return credentials
-
     steps: list[tuple[str, list[Patch]]] = [
         (
             "decode_body (msgspec + agreement checks)",
@@ -95,7 +90,7 @@ def ablation(request: HTTPRequest, audit: bool, rounds: int) -> list[tuple[str, 
             "the credential set (resolve, or the one-credential set)",
             [
                 (middleware, "resolve", lambda f: resolved),
-                (middleware, "MCPCredentials", PrecomputedSet),
+                (middleware, "_credential_set", lambda items: credentials),
             ],
         ),
     ]
@@ -169,7 +164,7 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
         (
             "the credential set",
             _best_us(
-                (lambda: MCPCredentials._of_distinct((found[0],)))
+                (lambda: _credential_set((found[0],)))
                 if len(found) == 1
                 else (lambda: resolve([("body", found)]))
             ),

@@ -125,29 +125,6 @@ class MCPCredential:
         self._server = None if server_url is None else parse_server_url(server_url)
         self._fingerprint: str | None = None
 
-    @classmethod
-    def _new(
-        cls,
-        secret: str,
-        source: CredentialSource | str,
-        server_url: str | None,
-        server_label: str | None,
-        server: ServerURL | None,
-        headers: Mapping[str, str] | None = None,
-    ) -> MCPCredential:
-        """A credential from checked parts (``server`` is the parsed ``server_url``): the
-        request path's constructor, without keyword handling."""
-        self = object.__new__(cls)
-        self._secret = secret
-        self._token = None
-        self._source = source
-        self._server_url = server_url
-        self._server_label = server_label
-        self._headers = SecureHeaders(headers) if headers else _EMPTY_HEADERS
-        self._server = server
-        self._fingerprint = None
-        return self
-
     @property
     def token(self) -> SecretStr:
         """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
@@ -243,26 +220,14 @@ class MCPCredentials:
 
     def __init__(self, credentials: Iterable[MCPCredential] = ()) -> None:
         items = tuple(credentials)
-        set_ = object.__setattr__
-        set_(self, "_items", items)
-        set_(self, "_index", _index_of(items))
-
-    @classmethod
-    def _of_distinct(cls, items: tuple[MCPCredential, ...]) -> MCPCredentials:
-        """The request path's constructor, for credentials already one per server (one
-        credential, or ``resolve``'s winners): no checks, and the lookup tables wait for
-        the first lookup."""
-        self = object.__new__(cls)
-        set_ = object.__setattr__
-        set_(self, "_items", items)
-        set_(self, "_index", None)
-        return self
+        _set_items(self, items)
+        _set_index(self, _index_of(items))
 
     def _lookup(self) -> _Index:
         index = self._index
         if index is None:
             index = _index_of(self._items)
-            object.__setattr__(self, "_index", index)
+            _set_index(self, index)
         return index
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -311,7 +276,7 @@ class MCPCredentials:
         by_url, by_label, default, origins = self._lookup()
         if origins is None:
             origins = _origins_of(by_url)
-            object.__setattr__(self, "_index", (by_url, by_label, default, origins))
+            _set_index(self, (by_url, by_label, default, origins))
         candidates = origins.get((scheme, host, port))
         if not candidates:
             return None
@@ -348,6 +313,45 @@ class MCPCredentials:
         return f"MCPCredentials({list(self._items)!r})"
 
     __str__ = __repr__
+
+
+# The request path's constructors. Module functions, not classmethods: a classmethod call
+# costs about as much as the whole construction. The slots are set through their
+# descriptors, past ``MCPCredentials.__setattr__``.
+_object_new = object.__new__
+_set_items = MCPCredentials.__dict__["_items"].__set__
+_set_index = MCPCredentials.__dict__["_index"].__set__
+
+
+def _credential(
+    secret: str,
+    source: CredentialSource | str,
+    server_url: str | None,
+    server_label: str | None,
+    server: ServerURL | None,
+    headers: Mapping[str, str] | None = None,
+) -> MCPCredential:
+    """A credential from checked parts (``server`` is the parsed ``server_url``), without
+    :class:`MCPCredential`'s keyword handling and checks."""
+    self: MCPCredential = _object_new(MCPCredential)
+    self._secret = secret
+    self._token = None
+    self._source = source
+    self._server_url = server_url
+    self._server_label = server_label
+    self._headers = SecureHeaders(headers) if headers else _EMPTY_HEADERS
+    self._server = server
+    self._fingerprint = None
+    return self
+
+
+def _credential_set(items: tuple[MCPCredential, ...]) -> MCPCredentials:
+    """A set of credentials already one per server (one credential, or ``resolve``'s
+    winners): no checks, and the lookup tables wait for the first lookup."""
+    self: MCPCredentials = _object_new(MCPCredentials)
+    _set_items(self, items)
+    _set_index(self, None)
+    return self
 
 
 _Index = tuple[

@@ -24,6 +24,7 @@ from mcp_auth_middleware.credentials import (
     CredentialSource,
     MCPCredential,
     MCPCredentials,
+    _credential_set,
 )
 from mcp_auth_middleware.errors import (
     BODY_TOO_LARGE,
@@ -200,7 +201,7 @@ class MCPAuthMiddleware:
             credentials = EMPTY_CREDENTIALS
         else:
             if len(found) == 1:  # nothing to resolve (resolve()'s short case, without the call)
-                credentials = MCPCredentials._of_distinct((found[0],))
+                credentials = _credential_set((found[0],))
                 resolved: tuple[Resolved, ...] = ((found[0], ()),)
             else:  # one source can still name a server twice (two tools, one label)
                 credentials, resolved = resolve(((_BODY, found),))

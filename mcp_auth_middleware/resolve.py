@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials, _credential_set
 
 __all__ = ["Resolved", "credential_key", "resolve"]
 
@@ -32,7 +32,7 @@ def resolve(
     if len(found) == 1:  # one source: nothing to shadow (the usual case)
         creds = found[0][1]
         if len(creds) == 1:
-            return MCPCredentials._of_distinct((creds[0],)), ((creds[0], ()),)
+            return _credential_set((creds[0],)), ((creds[0], ()),)
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:
@@ -44,4 +44,4 @@ def resolve(
             else:
                 winners[key] = cred
     resolved = tuple((cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
-    return MCPCredentials._of_distinct(tuple(winners.values())), resolved
+    return _credential_set(tuple(winners.values())), resolved

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, _credential
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_HEADERS,
     CONFLICTING_CREDENTIALS,
@@ -281,7 +281,7 @@ def read_credentials(
         url = tool.server_url
         if url is None:
             if label is not None:
-                found.append(MCPCredential._new(token, _SOURCE, None, label, None))
+                found.append(_credential(token, _SOURCE, None, label, None))
             continue
         try:
             server = parse_server_url(url) if type(url) is str else None
@@ -293,7 +293,7 @@ def read_credentials(
         previous = tokens.get(server.url)
         if previous is None:
             tokens[server.url] = token
-            found.append(MCPCredential._new(token, _SOURCE, url, label, server))
+            found.append(_credential(token, _SOURCE, url, label, server))
         elif previous != token:
             raise CredentialRejected(
                 CONFLICTING_CREDENTIALS,
@@ -306,12 +306,12 @@ def read_credentials(
         )
         uri = mcp_endpoint.get("uri") if type(mcp_endpoint) is dict else None
         if uri is None:
-            found.append(MCPCredential._new(token, _SOURCE, None, None, None))
+            found.append(_credential(token, _SOURCE, None, None, None))
         else:
             server = _server(uri, "mcp_endpoint.uri")
             previous = tokens.get(server.url)
             if previous is None:
-                found.append(MCPCredential._new(token, _SOURCE, uri, None, server))
+                found.append(_credential(token, _SOURCE, uri, None, server))
             elif previous != token:
                 raise CredentialRejected(CONFLICTING_CREDENTIALS, "mcp_endpoint.uri", source=_BODY)
     return found

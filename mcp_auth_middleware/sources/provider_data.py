@@ -13,7 +13,7 @@ import re
 from typing import Any, Final
 
 from mcp_auth_middleware.config import ProviderDataMode
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, _credential
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_PROVIDER_DATA,
     CONFLICTING_CREDENTIALS,
@@ -140,4 +140,4 @@ class ProviderDataSource:
         if self.mode is ProviderDataMode.REJECT:
             raise CredentialRejected(AUTHORIZATION_IN_PROVIDER_DATA, self.header, source=_SOURCE)
         token = parse_token(authorization, param=self.header, source=_SOURCE, require_bearer=True)
-        return MCPCredential._new(token, CredentialSource.PROVIDER_DATA, url, None, server, extra)
+        return _credential(token, CredentialSource.PROVIDER_DATA, url, None, server, extra)
