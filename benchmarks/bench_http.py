@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -275,10 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.serve, args.port)
         return
     results = run(QUICK_APPS if args.quick else APPS, args.rounds, args.duration)
-    report(results)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    common.publish(results, report, args.json)
 
 
 if __name__ == "__main__":

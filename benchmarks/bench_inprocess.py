@@ -366,10 +366,7 @@ def main(argv: list[str] | None = None) -> None:
             # mmap_only only changes MB-sized buffers: its 1 MB and 10 MB points suffice
             sizes = args.sizes if malloc != "mmap_only" else tuple(s for s in args.sizes if s >= MB)
             results[f"sizes_{malloc}"] = suite_sizes(args.rounds, batch_s, malloc, sizes)
-    report(results)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    common.publish(results, report, args.json)
 
 
 if __name__ == "__main__":

@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(args.child)))
         return
     results = run(args.reps, args.apps)
-    report(results)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    common.publish(results, report, args.json)
 
 
 if __name__ == "__main__":

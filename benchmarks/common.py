@@ -554,6 +554,16 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def publish(
+    results: dict[str, Any], report: Callable[[dict[str, Any]], None], json_path: str | None
+) -> None:
+    """A benchmark's ending: print its table, and write its results to ``json_path`` if given."""
+    report(results)
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump(results, out, indent=1)
+
+
 def library_fingerprint() -> dict[str, str]:
     """Which code was measured: git HEAD, whether the package differs from it, a hash."""
     root = Path(__file__).resolve().parent.parent
