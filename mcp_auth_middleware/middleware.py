@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import json
+import operator
 import re
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -44,6 +45,7 @@ __all__ = ["MCPAuthMiddleware"]
 _BODY: Final = CredentialSource.BODY.value
 _PROVIDER_DATA: Final = CredentialSource.PROVIDER_DATA.value
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_server_of: Final = operator.attrgetter("_server")
 _JSON: Final = re.compile(rb"\s*application/([a-z0-9!#$&^_.+-]+\+)?json\s*(;.*)?", re.I | re.S)
 
 _correlation_id: ContextVar[str | None] | None
@@ -200,13 +202,21 @@ class MCPAuthMiddleware:
         if not found:
             credentials = EMPTY_CREDENTIALS
         else:
-            if len(found) == 1:  # nothing to resolve (resolve()'s short case, without the call)
-                credentials = _credential_set((found[0],))
-                resolved: tuple[Resolved, ...] = ((found[0], ()),)
-            else:  # one source can still name a server twice (two tools, one label)
+            # Nothing to resolve when every credential names its server: read_credentials
+            # gives each server once. Label-only ones may share a label: resolve() decides.
+            auditor = self._auditor
+            if len(found) == 1 or None not in map(_server_of, found):
+                credentials = _credential_set(tuple(found))
+                if auditor is not None:
+                    resolved: tuple[Resolved, ...] = (
+                        ((found[0], ()),)
+                        if len(found) == 1
+                        else tuple([(cred, ()) for cred in found])
+                    )
+            else:
                 credentials, resolved = resolve(((_BODY, found),))
-            if self._auditor is not None:
-                self._auditor.resolved(
+            if auditor is not None:
+                auditor.resolved(
                     resolved,
                     method=scope["method"],
                     path=scope["path"],
