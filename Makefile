@@ -38,8 +38,9 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-## One table of ratios against the targets: in-process, memory, HTTP (wrk if installed,
-## else a bounded asyncio client), MCP session reuse. About 4 minutes; bench-quick about 1.
+## One table of ratios against the targets: in-process, memory, instructions per request
+## (with valgrind), HTTP (wrk if installed, else a bounded asyncio client), MCP session
+## reuse. About 5 minutes; bench-quick about 2.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_sessions.py

@@ -8,11 +8,13 @@ Steps (each a child process, so glibc settings can differ per process):
    malloc, ``MALLOC_MMAP_THRESHOLD_`` alone, and with ``MALLOC_TRIM_THRESHOLD_`` too
    (``--suite sizes``), plotted to ``docs/perf-body-size.png``;
 4. peak memory of a 10 MB request (``bench_memory``);
-5. over HTTP: uvicorn + wrk (``bench_http``).
+5. instructions per request under valgrind's callgrind (``bench_instructions``; skipped
+   without valgrind): the in-process cases as counts that do not move between runs;
+6. over HTTP: uvicorn + wrk (``bench_http``).
 
 All ratios are medians over rounds of per-round ratios measured side by side in one run;
-in-process figures are CPU time per request. ``--quick`` takes about a minute, the default
-3-6 minutes on a 2-core machine. The numbers are for reading, not asserting: a MISS does
+in-process figures are CPU time per request. ``--quick`` takes about two minutes, the default
+4-7 minutes on a 2-core machine. The numbers are for reading, not asserting: a MISS does
 not change the exit status.
 
 Run: ``python benchmarks/run_all.py [--quick] [--json FILE] [--no-plot]``.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +52,7 @@ class Plan:
     memory_apps: str
     http_rounds: int
     http_duration: int
+    instruction_requests: int
 
     @property
     def http_quick(self) -> bool:
@@ -68,8 +72,11 @@ FULL = Plan(
     "bare,ours,floor,basehttp",
     5,
     3,
+    300,
 )
-QUICK = Plan(41, 4, 10, 5, 5, ("default", "tuned"), "1024,1048576,10485760", 1, "bare,ours", 2, 1)
+QUICK = Plan(
+    41, 4, 10, 5, 5, ("default", "tuned"), "1024,1048576,10485760", 1, "bare,ours", 2, 1, 100
+)
 
 
 def _child(label: str, script: str, args: list[str], log: Any) -> dict[str, Any]:
@@ -128,6 +135,13 @@ def run(plan: Plan, log: Any) -> dict[str, Any]:
         ["--reps", str(plan.memory_reps), "--apps", plan.memory_apps],
         log,
     )
+    if shutil.which("valgrind") is not None:
+        results["instructions"] = _child(
+            "instructions per request (callgrind)",
+            "bench_instructions.py",
+            ["--requests", str(plan.instruction_requests)],
+            log,
+        )
     http_args = ["--rounds", str(plan.http_rounds), "--duration", str(plan.http_duration)]
     results["http"] = _child(
         "HTTP, uvicorn",
@@ -225,6 +239,8 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                 "info",
             )
         )
+
+    out.extend(_instruction_rows(results.get("instructions")))
 
     sizes = results["inprocess_sizes"]
     out.append(
@@ -350,6 +366,26 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     return out
 
 
+def _instruction_rows(counts: dict[str, Any] | None) -> list[Row | str]:
+    """The in-process cases again, as instructions per request: no target, no noise."""
+    title = "Instructions per request (callgrind): the same every run; not time"
+    if counts is None:
+        return [f"{title}: skipped, valgrind is not installed"]
+    out: list[Row | str] = [title]
+    for case, apps in counts["instructions_per_request"].items():
+        base_app, base = next(iter(apps.items()))
+        for app, count in list(apps.items())[1:]:
+            out.append(
+                (
+                    f"{case}: {app} / {base_app}",
+                    f"{count / base:.3f}x ({base:,.0f} -> {count:,.0f})",
+                    "",
+                    "info",
+                )
+            )
+    return out
+
+
 def _same(values: Any) -> bool:
     """Whether the values are within 10 % of each other (page faults per request)."""
     low, high = min(values), max(values)
@@ -383,7 +419,7 @@ def render(table: list[Row | str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="about one minute, fewer rounds")
+    parser.add_argument("--quick", action="store_true", help="about two minutes, fewer rounds")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--log", help="the steps' own output (default: a temporary file)")
