@@ -50,13 +50,13 @@ class Auditor:
             request_id = _printable(request_id)
         info = self._log.info
         for cred, shadowed in items:
-            server = cred.server
-            label = cred.server_label
+            server = cred._server  # the fields, not the properties: one call less each
+            label = cred._server_label
             if label is not None and not (len(label) <= 256 and label.isprintable()):
                 label = _printable(label)
             info(
                 CREDENTIAL_RESOLVED,
-                source=str(cred.source),
+                source=str(cred._source),
                 shadowed=list(shadowed),
                 server_url=None if server is None else server.loggable,
                 server_label=label,

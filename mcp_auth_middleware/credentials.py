@@ -76,8 +76,8 @@ _sha256 = _builtin_sha256()
 
 def fingerprint(token: str) -> str:
     """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
-    digest: str = _sha256(token.encode()).hexdigest()
-    return digest[:12]
+    digest: bytes = _sha256(token.encode()).digest()
+    return digest[:6].hex()
 
 
 class MCPCredential:
