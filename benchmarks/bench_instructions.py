@@ -26,40 +26,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import common
-from common import KB, HTTPRequest, build_app, post_json, responses_body
+from common import CASES, HTTPRequest, app_with, build_app
 
-#: (case, app, request) in the order the child runs them; each case's first app is its base.
-CASES: tuple[tuple[str, str, str], ...] = (
-    ("1 KB, 1 credential", "bare", "cred"),
-    ("1 KB, 1 credential", "passthrough", "cred"),
-    ("1 KB, 1 credential", "floor", "cred"),
-    ("1 KB, 1 credential", "ours", "cred"),
-    ("1 KB, audit on", "bare_audit", "cred"),
-    ("1 KB, audit on", "ours_audit", "cred"),
-    ("10 tools", "bare", "tools10"),
-    ("10 tools", "ours", "tools10"),
-    ("text/plain", "bare", "text"),
-    ("text/plain", "ours", "text"),
-    ("GET", "bare", "get"),
-    ("GET", "ours", "get"),
-    ("path not in paths", "bare", "other"),
-    ("path not in paths", "ours_paths", "other"),
-)
+import mcp_auth_middleware
+
 WARM_UP = 100
+#: The controls, measured on the first case only.
+CONTROLS = ("passthrough", "floor")
 
 
-def _requests() -> dict[str, HTTPRequest]:
-    return {
-        "cred": post_json(responses_body(1 * KB)),
-        "tools10": post_json(responses_body(1 * KB, tools=10)),
-        "text": HTTPRequest("POST", "/v1/files", b"x" * KB, b"text/plain"),
-        "get": HTTPRequest("GET", "/v1/models"),
-        "other": post_json(responses_body(1 * KB), "/v1/chat/completions"),
-    }
+def plan() -> list[tuple[str, str, HTTPRequest, Callable[[], Any]]]:
+    """(case, app, request, make the app), in the order the child runs them: each case's
+    base app first (``common.CASES``), then on the first case the controls, then ours."""
+    runs: list[tuple[str, str, HTTPRequest, Callable[[], Any]]] = []
+    for index, (case, (request, config, base)) in enumerate(CASES.items()):
+        runs.append((case, base, request, partial(build_app, base)))
+        if index == 0:
+            runs += [(case, name, request, partial(build_app, name)) for name in CONTROLS]
+        runs.append((case, "ours", request, partial(app_with, mcp_auth_middleware, **config)))
+    return runs
 
 
 def child(requests: int) -> None:
@@ -68,8 +59,7 @@ def child(requests: int) -> None:
     os.close(fd)
     close = common.configure_json_logging(log_path)
     try:
-        made = _requests()
-        apps = {name: build_app(name) for _, name, _ in CASES}
+        runs = [(build(), request) for _, _, request, build in plan()]
 
         async def run(app: Any, request: HTTPRequest, calls: int) -> None:
             scope = request.scope()
@@ -77,11 +67,11 @@ def child(requests: int) -> None:
                 await common.call(app, request, scope)
 
         loop = asyncio.new_event_loop()
-        for _, name, key in CASES:
-            loop.run_until_complete(run(apps[name], made[key], WARM_UP))
+        for app, request in runs:
+            loop.run_until_complete(run(app, request, WARM_UP))
             gc.collect()
             os.getppid()  # callgrind dumps here: what came before is not counted
-            loop.run_until_complete(run(apps[name], made[key], requests))
+            loop.run_until_complete(run(app, request, requests))
             os.getppid()  # ... and here: this file holds the measured requests
         loop.close()
     finally:
@@ -120,14 +110,15 @@ def measure(requests: int) -> dict[str, Any]:
         )
         # Dump k is what ran before the k-th getppid: odd ones are warm-ups (and start-up).
         dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
-        if len(dumps) != 2 * len(CASES):
+        runs = plan()
+        if len(dumps) != 2 * len(runs):
             raise RuntimeError(
-                f"expected {2 * len(CASES)} callgrind dumps, found {len(dumps)}: does this"
+                f"expected {2 * len(runs)} callgrind dumps, found {len(dumps)}: does this"
                 " libc call getppid() elsewhere?"
             )
-        counts = [_total(dumps[2 * i + 1]) / requests for i in range(len(CASES))]
+        counts = [_total(dumps[2 * i + 1]) / requests for i in range(len(runs))]
     per_case: dict[str, dict[str, float]] = {}
-    for (case, app, _), count in zip(CASES, counts, strict=True):
+    for (case, app, _, _), count in zip(runs, counts, strict=True):
         per_case.setdefault(case, {})[app] = count
     return {"requests": requests, "instructions_per_request": per_case}
 

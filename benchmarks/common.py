@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Final
 
 import structlog
@@ -387,6 +388,47 @@ def build_app(name: str) -> ASGIApp:
     else:
         raise ValueError(f"unknown app {name!r}")
     return app
+
+
+def app_with(package: ModuleType, **config: Any) -> ASGIApp:
+    """A bare app behind ``package``'s middleware (this revision's, or another's)."""
+    app = _starlette()
+    app.add_middleware(package.MCPAuthMiddleware, config=package.MCPAuthConfig(**config))
+    return app
+
+
+_PROVIDER_DATA = json.dumps(
+    {"mcp_headers": {"https://mcp1.example.com/mcp": {"Authorization": "Bearer tok-pd"}}}
+).encode()
+
+#: The cases measured one by one (``compare.py``, ``bench_instructions.py``):
+#: name -> (request, middleware config, the bare app to compare with).
+CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
+    "1 KB, 1 credential": (post_json(responses_body(1 * KB)), {"audit": False}, "bare"),
+    "1 KB, audit on": (post_json(responses_body(1 * KB)), {"audit": True}, "bare_audit"),
+    "10 tools": (post_json(responses_body(1 * KB, tools=10)), {"audit": False}, "bare"),
+    "provider-data header": (  # the general path: every source asked in turn
+        HTTPRequest(
+            "POST",
+            RESPONSES_PATH,
+            responses_body(1 * KB),
+            extra_headers=((b"x-llamastack-provider-data", _PROVIDER_DATA),),
+        ),
+        {"audit": False},
+        "bare",
+    ),
+    "text/plain": (
+        HTTPRequest("POST", "/v1/files", b"x" * KB, b"text/plain"),
+        {"audit": False},
+        "bare",
+    ),
+    "GET": (HTTPRequest("GET", "/v1/models"), {"audit": False}, "bare"),
+    "path not in paths": (
+        post_json(responses_body(1 * KB), "/v1/chat/completions"),
+        {"audit": False, "paths": (RESPONSES_PATH,)},
+        "bare",
+    ),
+}
 
 
 def configure_json_logging(path: str) -> Callable[[], None]:

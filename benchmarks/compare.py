@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import statistics
 import subprocess
@@ -27,11 +26,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import common
-from common import KB, RESPONSES_PATH, HTTPRequest, Variant, measure, post_json, responses_body
-from starlette.types import ASGIApp
+from common import CASES, Variant, app_with, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mcp_auth_middleware"
@@ -57,45 +54,6 @@ def load_revision(rev: str, into: Path) -> ModuleType:
         path.write_text(path.read_text().replace(PACKAGE, OLD))
     sys.path.insert(0, str(into))
     return importlib.import_module(OLD)
-
-
-def app_with(package: ModuleType, **config: Any) -> ASGIApp:
-    app = common._starlette()
-    app.add_middleware(package.MCPAuthMiddleware, config=package.MCPAuthConfig(**config))
-    return app
-
-
-_PROVIDER_DATA = json.dumps(
-    {"mcp_headers": {"https://mcp1.example.com/mcp": {"Authorization": "Bearer tok-pd"}}}
-).encode()
-
-CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
-    # name: (request, middleware config, bare app to compare with)
-    "1 KB, 1 credential": (post_json(responses_body(1 * KB)), {"audit": False}, "bare"),
-    "1 KB, audit on": (post_json(responses_body(1 * KB)), {"audit": True}, "bare_audit"),
-    "10 tools": (post_json(responses_body(1 * KB, tools=10)), {"audit": False}, "bare"),
-    "provider-data header": (  # the general path: every source asked in turn
-        HTTPRequest(
-            "POST",
-            RESPONSES_PATH,
-            responses_body(1 * KB),
-            extra_headers=((b"x-llamastack-provider-data", _PROVIDER_DATA),),
-        ),
-        {"audit": False},
-        "bare",
-    ),
-    "text/plain": (
-        HTTPRequest("POST", "/v1/files", b"x" * KB, b"text/plain"),
-        {"audit": False},
-        "bare",
-    ),
-    "GET": (HTTPRequest("GET", "/v1/models"), {"audit": False}, "bare"),
-    "path not in paths": (
-        post_json(responses_body(1 * KB), "/v1/chat/completions"),
-        {"audit": False, "paths": (RESPONSES_PATH,)},
-        "bare",
-    ),
-}
 
 
 def main(argv: list[str] | None = None) -> None:
