@@ -335,7 +335,7 @@ async def _read_rest(
 ) -> bytes | None:
     """Buffer the body (after ``messages``, read already) with a cap; ``None`` if the
     client left or it was too large (answered)."""
-    size = sum(len(m.get("body", b"")) for m in messages)
+    size = sum(len(m.get("body", b"")) for m in messages) if messages else 0
     limit = mw._max_body
     more = not messages or messages[-1].get("more_body", False)
     while more:

@@ -14,10 +14,12 @@ Resolved = tuple[MCPCredential, tuple[str, ...]]
 
 def credential_key(cred: MCPCredential) -> tuple[str, str]:
     """What identifies "the same server" across sources."""
-    if cred.server is not None:
-        return ("url", cred.server.url)
-    if cred.server_label is not None:
-        return ("label", cred.server_label.casefold())
+    server = cred._server  # the fields, not the properties: this runs per credential
+    if server is not None:
+        return ("url", server.url)
+    label = cred._server_label
+    if label is not None:
+        return ("label", label.casefold())
     return ("default", "")
 
 
@@ -38,10 +40,12 @@ def resolve(
     for source, creds in found:
         for cred in creds:
             key = credential_key(cred)
-            if key in winners:
-                if winners[key].source != source:
-                    shadowed.setdefault(key, []).append(source)
-            else:
+            winner = winners.get(key)
+            if winner is None:
                 winners[key] = cred
-    resolved = tuple((cred, tuple(shadowed.get(key, ()))) for key, cred in winners.items())
+            elif winner._source != source:
+                shadowed.setdefault(key, []).append(source)
+    resolved = tuple(
+        [(cred, tuple(shadowed[key]) if key in shadowed else ()) for key, cred in winners.items()]
+    )
     return _credential_set(tuple(winners.values())), resolved
