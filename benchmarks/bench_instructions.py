@@ -38,7 +38,7 @@ import mcp_auth_middleware
 
 WARM_UP = 100
 #: The controls, measured on the first case only.
-CONTROLS = ("passthrough", "floor")
+CONTROLS = ("passthrough", "floor", "decode_floor")
 
 
 def plan() -> list[tuple[str, str, HTTPRequest, Callable[[], Any]]]:

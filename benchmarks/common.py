@@ -10,6 +10,10 @@ on POST, as any JSON endpoint does):
   ``paths=("/v1/responses",)``).
 * ``floor``: bare + a pure-ASGI middleware that buffers the body, makes one ``bytes``
   substring scan over it and replays the server's original messages.
+* ``decode_floor``: the floor with our msgspec decode (and its parser-agreement checks)
+  instead of the scan, and a ``ContextVar`` set around the app: what is left of the
+  middleware with no header pass, no validation and no credential objects. A bound on
+  what tuning the rest (or compiling it) could reach.
 * ``basehttp``: bare + a ``BaseHTTPMiddleware`` that does the job the way users write it:
   ``await request.json()``, pick the MCP tools' ``authorization``, scope them in a
   ``ContextVar`` around ``call_next``.
@@ -52,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware
 from mcp_auth_middleware.fastapi import MCPCredentialsDep
+from mcp_auth_middleware.sources.body import decode_body
 
 KB: Final = 1024
 MB: Final = 1024 * 1024
@@ -234,6 +239,12 @@ class Floor:
         self.app = app
         self.found = 0
 
+    def look(self, raw: bytes) -> object:
+        """The one pass over the body; what it returns (unless ``None``) is scoped."""
+        if b'"authorization"' in raw:
+            self.found += 1
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -249,8 +260,7 @@ class Floor:
             if len(messages) == 1
             else b"".join(m.get("body", b"") for m in messages)
         )
-        if b'"authorization"' in raw:
-            self.found += 1
+        seen = self.look(raw)
         del raw
         pending = iter(messages)
 
@@ -259,8 +269,26 @@ class Floor:
                 return message
             return await receive()
 
-        await self.app(scope, replay, send)
+        if seen is None:
+            await self.app(scope, replay, send)
+            return
+        token = decoded.set(seen)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            decoded.reset(token)
 
+
+class DecodeFloor(Floor):
+    """The floor with our decode instead of the scan, and a ``ContextVar`` set around the
+    app to the decoded fields: nothing is checked, no credential is built."""
+
+    def look(self, raw: bytes) -> object:
+        return decode_body(raw)
+
+
+#: What ``DecodeFloor`` scopes.
+decoded: ContextVar[object] = ContextVar("bench_decoded", default=None)
 
 #: What the user-written alternatives scope: server URL -> token.
 user_credentials: ContextVar[dict[str, str] | None] = ContextVar("bench_creds", default=None)
@@ -375,6 +403,8 @@ def build_app(name: str) -> ASGIApp:
         app.add_middleware(PassThrough)
     elif name == "floor":
         app.add_middleware(Floor)
+    elif name == "decode_floor":
+        app.add_middleware(DecodeFloor)
     elif name == "basehttp":
         app.add_middleware(BaseHTTPCredentials)
     elif name == "ours":

@@ -218,6 +218,7 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     )
     for key, label in (
         ("floor_1k", "(floor) buffer + bytes scan + replay, 1 KB / bare"),
+        ("decode_floor_1k", "(bound) floor with our decode + a ContextVar, 1 KB / bare"),
         ("basehttp_1k", "BaseHTTPMiddleware + request.json() + ContextVar / bare"),
         ("fastapi_bare_1k", "FastAPI, pydantic body model (no creds) / bare"),
         ("fastapi_dep_1k", "FastAPI, body model + credentials dependency / bare"),
