@@ -311,7 +311,7 @@ class _Request:
                     resolved,
                     method=scope["method"],
                     path=scope["path"],
-                    request_id=_request_id(scope["headers"]),
+                    request_id=_request_id_of(self.headers.get(b"x-request-id")),
                 )
         if mw.config.redact_body and envelope is not None and _has_body_credentials(envelope):
             try:
