@@ -91,14 +91,14 @@ def decode_body(body: bytes) -> _Envelope | None:
         envelope = _decode(body)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return _decode_with_json(body)
-    ascii = body.isascii()
-    if ascii:  # the usual case, inlined: only the digit-run check can apply
-        limit = sys.get_int_max_str_digits()
-        if not limit or len(body) <= limit:
-            return envelope
+    limit = sys.get_int_max_str_digits()
+    if (not limit or len(body) <= limit) and body.isascii():
+        return envelope  # the usual small body: no check of _may_differ's can apply
     if _nothing_to_read(envelope):
-        return _NOTHING  # whatever json.loads would make of the rest
-    return _decode_with_json(body) if _may_differ(body, ascii) else envelope
+        # Whatever json.loads would make of the rest. Checked before any pass over a big
+        # body, so a long conversation with no credential in it costs the decode alone.
+        return _NOTHING
+    return _decode_with_json(body) if _may_differ(body) else envelope
 
 
 def _nothing_to_read(envelope: _Envelope) -> bool:
@@ -147,16 +147,15 @@ def parse_body(body: bytes) -> ParsedBody | None:
     return ParsedBody._of(envelope.tools or (), envelope.authorization, envelope.mcp_endpoint)
 
 
-def _may_differ(body: bytes, ascii: bool | None = None) -> bool:
+def _may_differ(body: bytes) -> bool:
     """Whether ``json.loads`` might refuse (or read otherwise) a body msgspec accepted.
 
     msgspec skips the fields we do not name without checking their UTF-8, and reads integers
     of any length; ``json.loads`` refuses invalid UTF-8 (it lets UTF-8-encoded surrogates
     through) and integers longer than ``sys.get_int_max_str_digits()``. Neither check costs
-    memory beyond a slice, and the second reads one byte in ``limit + 1``. ``ascii`` is
-    ``body.isascii()`` when the caller knows it.
+    memory beyond a slice, and the second reads one byte in ``limit + 1``.
     """
-    if not (body.isascii() if ascii is None else ascii):
+    if not body.isascii():
         view = memoryview(body)
         decoder = codecs.getincrementaldecoder("utf-8")()
         try:
