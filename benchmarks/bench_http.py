@@ -31,8 +31,8 @@ import common
 from common import KB, RESPONSES_PATH, build_app, responses_body
 
 CONNECTIONS = 32
-APPS = ("bare", "floor", "ours", "basehttp", "fastapi_bare", "fastapi_dep")
-QUICK_APPS = ("bare", "floor", "ours", "basehttp")
+APPS = ("bare", "floor", "decode_floor", "ours", "basehttp", "fastapi_bare", "fastapi_dep")
+QUICK_APPS = ("bare", "floor", "decode_floor", "ours", "basehttp")
 SERVER_CPU = 0
 CLIENT_CPU = 1
 _TICK = os.sysconf("SC_CLK_TCK")

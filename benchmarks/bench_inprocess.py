@@ -10,7 +10,8 @@ Suites:
 * ``small``: 1 KB JSON POST with one MCP credential (ours, audit off / on, the floor, the
   user-written alternatives) and the requests we must not touch (GET, non-JSON, other path).
 * ``tools``: 1, 10, 100, 1,000 MCP tools (each with its own server and token) in a request.
-* ``sizes``: 1 KB .. 10 MB bodies for bare / ours / floor / BaseHTTPMiddleware. Big-body
+* ``sizes``: 1 KB .. 10 MB bodies for bare / ours / floor / decode floor (the bound: our
+  decode and nothing else) / BaseHTTPMiddleware. Big-body
   cost depends on glibc's ``MALLOC_MMAP_THRESHOLD_``, which is read at start-up: run this
   suite in a child process with and without it (``run_all.py`` does).
 
@@ -257,7 +258,7 @@ def worker(app_name: str) -> None:
 def suite_sizes(
     rounds: int, batch_s: float, malloc: str, sizes: tuple[int, ...] = SIZES
 ) -> dict[str, Any]:
-    names = ("bare", "ours", "floor", "basehttp")
+    names = ("bare", "ours", "floor", "decode_floor", "basehttp")
     out: dict[str, Any] = {"rounds": rounds, "malloc": malloc, "env": MALLOC_ENVS[malloc]}
     out["sizes"] = {}
     workers = {name: Worker(name, malloc) for name in names}
@@ -281,15 +282,17 @@ def suite_sizes(
             row["extra_us"] = {n: common.median_diff(cpu[n], bare) * 1e6 for n in names[1:]}
             row["ratio"] = {n: common.ratio(cpu[n], bare) for n in names[1:]}
             row["extra_vs_floor"] = {
-                n: common.extra_ratio(cpu[n], cpu["floor"], bare) for n in ("ours", "basehttp")
+                n: common.extra_ratio(cpu[n], cpu["floor"], bare)
+                for n in ("ours", "decode_floor", "basehttp")
             }
             # How much the figure moves: the quartiles of the same ratio taken round by round.
-            per_round = [
-                (o - b) / (f - b)
-                for o, f, b in zip(cpu["ours"], cpu["floor"], bare, strict=True)
-                if f > b
-            ]
-            row["extra_vs_floor_iqr"] = common.quartiles(per_round) if len(per_round) >= 4 else None
+            for n, key in (("ours", "extra_vs_floor_iqr"), ("decode_floor", "decode_floor_iqr")):
+                per_round = [
+                    (o - b) / (f - b)
+                    for o, f, b in zip(cpu[n], cpu["floor"], bare, strict=True)
+                    if f > b
+                ]
+                row[key] = common.quartiles(per_round) if len(per_round) >= 4 else None
             out["sizes"][str(size)] = row
     finally:
         for w in workers.values():

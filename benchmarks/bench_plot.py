@@ -22,6 +22,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf-body-size.
 STYLE = {
     "bare": ("bare Starlette app", "black", "o"),
     "floor": ("floor: buffer + bytes scan + replay", "tab:green", "s"),
+    "decode_floor": ("(bound) decode floor: floor with our decode", "tab:olive", "v"),
     "ours": ("MCPAuthMiddleware", "tab:blue", "D"),
     "basehttp": ("BaseHTTPMiddleware + request.json()", "tab:red", "^"),
 }
@@ -42,6 +43,8 @@ def plot(results: dict[str, Any], out: Path = DEFAULT_OUT) -> Path:
         rows = [data["sizes"][str(s)] for s in sizes]
         top, bottom = axes[0][col], axes[1][col]
         for name, (label, color, marker) in STYLE.items():
+            if name not in rows[0]["per_call_us"]:
+                continue  # results written before the decode floor was measured
             top.plot(
                 sizes,
                 [r["per_call_us"][name] for r in rows],

@@ -274,6 +274,19 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                     (_check(value, 1.5) if comparable else "n/a") if targeted else "info",
                 )
             )
+            bound = row["extra_vs_floor"].get("decode_floor")
+            if bound is not None:  # results written before the bound was measured lack it
+                bound_iqr = row.get("decode_floor_iqr")
+                bound_spread = f", IQR {bound_iqr[0]:.2f}-{bound_iqr[1]:.2f}" if bound_iqr else ""
+                out.append(
+                    (
+                        f"  (bound) decode floor, {label}, malloc {name}",
+                        f"{_ratio_or_na(bound)}{bound_spread} "
+                        f"(+{extra['decode_floor'] / 1000:.2f} ms)",
+                        "",
+                        "info",
+                    )
+                )
             out.append(
                 (
                     f"  BaseHTTPMiddleware, {label}, malloc {name}",
@@ -347,6 +360,7 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     )
     for name, label in (
         ("floor", "floor (buffer + bytes scan + replay)"),
+        ("decode_floor", "(bound) decode floor"),
         ("basehttp", "BaseHTTPMiddleware"),
         ("fastapi_bare", "FastAPI body model"),
         ("fastapi_dep", "FastAPI + credentials dependency"),
