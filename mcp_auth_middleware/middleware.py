@@ -208,11 +208,7 @@ class MCPAuthMiddleware:
             if len(found) == 1 or None not in map(_server_of, found):
                 credentials = _credential_set(tuple(found))
                 if auditor is not None:
-                    resolved: tuple[Resolved, ...] = (
-                        ((found[0], ()),)
-                        if len(found) == 1
-                        else tuple([(cred, ()) for cred in found])
-                    )
+                    resolved: tuple[Resolved, ...] = tuple([(cred, ()) for cred in found])
             else:
                 credentials, resolved = resolve(((_BODY, found),))
             if auditor is not None:

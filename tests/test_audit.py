@@ -491,3 +491,33 @@ def test_fingerprint_falls_back_to_hashlib_without_the_builtin_module(
 
     monkeypatch.setattr(importlib, "import_module", no_module)
     assert credentials_module._builtin_sha256() is hashlib.sha256
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", BOTH_PATHS)
+async def test_each_body_tool_gets_its_own_event(
+    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+) -> None:
+    """Three body tools for three servers, no other source: three events (the inlined path
+    builds them without resolve())."""
+    app = make_app(config)
+    tokens = {URL: "tok-a", OTHER: "tok-b", THIRD: "tok-c"}
+    body = {"tools": [mcp_tool(url, token=tok, label=url[8:13]) for url, tok in tokens.items()]}
+    async with client(app) as c:
+        r = await c.post(PATH, json=body)
+    assert r.status_code == 200
+    found = by_url(audit_log)
+    assert set(found) == set(tokens)
+    for url, tok in tokens.items():
+        event = found[url]
+        assert (
+            event["source"],
+            event["fingerprint"],
+            event["server_label"],
+            event["shadowed"],
+        ) == (
+            "body",
+            sha12(tok),
+            url[8:13],
+            [],
+        )
