@@ -44,6 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Final
 
+import msgspec
 import structlog
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +57,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware
 from mcp_auth_middleware.fastapi import MCPCredentialsDep
-from mcp_auth_middleware.sources.body import decode_body
 
 KB: Final = 1024
 MB: Final = 1024 * 1024
@@ -279,12 +279,34 @@ class Floor:
             decoded.reset(token)
 
 
+class _FloorTool(msgspec.Struct, gc=False):
+    type: Any = None
+    server_url: Any = None
+    server_label: Any = None
+    authorization: Any = None
+    headers: Any = None
+
+
+class _FloorFields(msgspec.Struct, gc=False):
+    tools: list[_FloorTool] | None = None
+    authorization: Any = None
+    mcp_endpoint: Any = None
+
+
+_floor_decode = msgspec.json.Decoder(_FloorFields).decode
+
+
 class DecodeFloor(Floor):
-    """The floor with our decode instead of the scan, and a ``ContextVar`` set around the
-    app to the decoded fields: nothing is checked, no credential is built."""
+    """The floor with one msgspec decode into a struct that names only the fields the
+    middleware reads (the least a pure-Python reader that must decode can do) instead of
+    the scan, and a ``ContextVar`` set around the app to the decoded fields: nothing is
+    checked, no credential is built."""
 
     def look(self, raw: bytes) -> object:
-        return decode_body(raw)
+        try:
+            return _floor_decode(raw)
+        except (msgspec.MsgspecError, ValueError):
+            return None
 
 
 #: What ``DecodeFloor`` scopes.

@@ -43,23 +43,17 @@ class Auditor:
     def resolved(
         self, items: Sequence[Resolved], *, method: str, path: str, request_id: str | None
     ) -> None:
-        # The usual values are printable and short: checked inline, before any call.
-        if not (len(path) <= 2048 and path.isprintable()):
-            path = _printable(path, 2048)
-        if request_id is not None and not (len(request_id) <= 256 and request_id.isprintable()):
-            request_id = _printable(request_id)
+        path = _printable(path, 2048)
+        request_id = _printable(request_id)
         info = self._log.info
         for cred, shadowed in items:
-            server = cred._server  # the fields, not the properties: one call less each
-            label = cred._server_label
-            if label is not None and not (len(label) <= 256 and label.isprintable()):
-                label = _printable(label)
+            server = cred.server
             info(
                 CREDENTIAL_RESOLVED,
-                source=str(cred._source),
+                source=str(cred.source),
                 shadowed=list(shadowed),
                 server_url=None if server is None else server.loggable,
-                server_label=label,
+                server_label=_printable(cred.server_label),
                 fingerprint=cred.fingerprint,
                 method=method,
                 path=path,

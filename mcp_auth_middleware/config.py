@@ -15,12 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcp_auth_middleware.credentials import CredentialSource
 from mcp_auth_middleware.sources.base import MCPCredentialSource
+from mcp_auth_middleware.sources.body import MAX_TOOL_ITEMS
 
 __all__ = ["ENV_PREFIX", "MCPAuthConfig", "ProviderDataMode"]
 
 ENV_PREFIX: Final = "MCP_AUTH_"
 DEFAULT_PROVIDER_DATA_HEADER: Final = "X-LlamaStack-Provider-Data"
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_MAX_TOOLS: Final = 128
 _BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -52,6 +54,7 @@ class MCPAuthConfig(BaseModel):
         default=None, description="fnmatch patterns of paths to read; None reads all"
     )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    max_tools: int = Field(default=DEFAULT_MAX_TOOLS, gt=0, le=MAX_TOOL_ITEMS)
     redact_body: bool = False
     audit: bool = True
     sources: tuple[MCPCredentialSource, ...] = Field(
@@ -95,7 +98,9 @@ class MCPAuthConfig(BaseModel):
         return items
 
     @model_validator(mode="after")
-    def _check_precedence(self) -> MCPAuthConfig:
+    def _check_sources(self) -> MCPAuthConfig:
+        """Names in ``precedence`` exist once each, and no combination of settings quietly
+        switches a check off: each contradiction fails here, naming the fields."""
         custom = [s.name for s in self.sources]
         if len(set(custom)) != len(custom) or _BUILTIN_SOURCES & set(custom):
             raise ValueError("sources: each custom source needs a name of its own")
@@ -109,9 +114,33 @@ class MCPAuthConfig(BaseModel):
             if name in seen:
                 raise ValueError(f"precedence: source {name!r} is listed twice")
             seen.add(name)
-        missing = tuple(name for name in custom if name not in seen)
-        if missing:
-            object.__setattr__(self, "precedence", self.precedence + missing)
+        if not self.precedence:
+            raise ValueError("precedence: must name at least one source")
+        explicit = self.model_fields_set
+        if "precedence" in explicit:
+            # A source the user switched on but left out of the order they gave would be
+            # silently off. One left at its default simply yields to that order.
+            switched_on = {
+                CredentialSource.BODY.value: "body" in explicit and self.body,
+                CredentialSource.SERVER_HEADER.value: "server_headers" in explicit
+                and self.server_headers,
+                CredentialSource.PROVIDER_DATA.value: "provider_data" in explicit
+                and self.provider_data is ProviderDataMode.ACCEPT,
+                **dict.fromkeys(custom, True),
+            }
+            for name, on in switched_on.items():
+                if on and name not in seen:
+                    raise ValueError(
+                        f"precedence: source {name!r} is switched on but not in precedence "
+                        "(add it, or switch it off)"
+                    )
+        else:
+            # The default order, then the custom sources in the order they were given.
+            object.__setattr__(self, "precedence", self.precedence + tuple(custom))
+        if self.redact_body and not (self.body and CredentialSource.BODY.value in seen):
+            raise ValueError(
+                "redact_body: nothing to redact, the body source is off or not in precedence"
+            )
         return self
 
     @classmethod
@@ -136,6 +165,13 @@ class MCPAuthConfig(BaseModel):
             variables[field] = key
         if values.get("paths") in ("", "*", "all"):
             values.pop("paths")
+        if "provider_data" in values:
+            values["provider_data"] = values["provider_data"].lower()
+        if "precedence" in values:
+            values["precedence"] = ",".join(
+                name.strip().lower() if name.strip().lower() in _BUILTIN_SOURCES else name
+                for name in values["precedence"].split(",")
+            )
         values.update(overrides)
         try:
             return cls(**values)

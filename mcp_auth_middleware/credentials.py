@@ -1,24 +1,39 @@
 """The resolved credentials of one request: :class:`MCPCredential` and :class:`MCPCredentials`.
 
-Both are immutable. Tokens are held in :class:`pydantic.SecretStr` and extra header values
-are never shown: ``repr`` and ``str`` print header names and ``**********`` only.
+Both are immutable, and both check what they are given: a credential is valid wherever it was
+made (a built-in source, a custom source, user code). Tokens are held in
+:class:`pydantic.SecretStr`; ``repr`` and ``str`` show neither tokens nor extra header values,
+nor the user-info or query of a server URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from pydantic import SecretStr
 
-from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix
+from mcp_auth_middleware.checks import check_extra_header, check_token
+from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix, redacted_url
 
 __all__ = ["CredentialSource", "MCPCredential", "MCPCredentials", "fingerprint"]
+
+
+class CredentialSource(StrEnum):
+    """The built-in credential sources. Custom sources use names of their own."""
+
+    BODY = "body"
+    PROVIDER_DATA = "provider_data"
+    SERVER_HEADER = "server_header"
+
+
+def fingerprint(token: str) -> str:
+    """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 class SecureHeaders(Mapping[str, str]):
@@ -47,45 +62,18 @@ class SecureHeaders(Mapping[str, str]):
     __str__ = __repr__
 
 
-_EMPTY_HEADERS: Mapping[str, str] = SecureHeaders()
-
-
-class CredentialSource(StrEnum):
-    """The built-in credential sources. Custom sources use names of their own."""
-
-    BODY = "body"
-    PROVIDER_DATA = "provider_data"
-    SERVER_HEADER = "server_header"
-
-
-def _builtin_sha256() -> Callable[[bytes], Any]:
-    """CPython's own SHA-256 (the same digest as OpenSSL's): OpenSSL sets up a digest context
-    on every call, which costs several µs per audited request in place. ``hashlib``'s when
-    the interpreter was built without it."""
-    for module in ("_sha2", "_sha256"):  # CPython 3.12 and later, 3.11
-        try:
-            constructor: Callable[[bytes], Any] = importlib.import_module(module).sha256
-        except (ImportError, AttributeError):
-            continue
-        return constructor
-    return hashlib.sha256
-
-
-_sha256 = _builtin_sha256()
-
-
-def fingerprint(token: str) -> str:
-    """First 12 hex digits of the token's SHA-256: identifies a token in logs, reveals nothing."""
-    digest: bytes = _sha256(token.encode()).digest()
-    return digest[:6].hex()
+_NO_HEADERS: Mapping[str, str] = SecureHeaders()
 
 
 class MCPCredential:
     """One credential for one MCP server (or the request's unbound ``default``).
 
     ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
-    credential and for a credential known only by its ``server_label``. Read-only: every
-    public field is a property.
+    credential and for a credential known only by its ``server_label``. ``token`` may be given
+    as ``Bearer <token>``; the prefix is stripped. A token that is not 1 to 8192 visible ASCII
+    characters, an extra header that is not a plain RFC 9110 header (or is ``Authorization``,
+    framing, hop-by-hop or MCP session state) and a server URL that is not absolute http(s)
+    raise ``ValueError``, whose message names the field and never the value.
     """
 
     __slots__ = (
@@ -98,6 +86,14 @@ class MCPCredential:
         "_source",
         "_token",
     )
+    _fingerprint: str | None
+    _headers: Mapping[str, str]
+    _secret: str
+    _server: ServerURL | None
+    _server_label: str | None
+    _server_url: str | None
+    _source: CredentialSource | str
+    _token: SecretStr | None
 
     def __init__(
         self,
@@ -108,29 +104,46 @@ class MCPCredential:
         server_label: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        if type(token) is str:
-            self._secret = token
-            self._token: SecretStr | None = None
-        elif isinstance(token, SecretStr):
-            self._secret = token.get_secret_value()
-            self._token = token
-        else:
-            raise TypeError("token must be a str or a pydantic.SecretStr")
-        self._source = source
-        self._server_url = server_url
-        self._server_label = server_label
-        self._headers: Mapping[str, str] = SecureHeaders(headers) if headers else _EMPTY_HEADERS
-        # Raises ValueError for a URL that is not absolute http(s): a credential is bound to
-        # a server we can compare requests against, or to none.
-        self._server = None if server_url is None else parse_server_url(server_url)
-        self._fingerprint: str | None = None
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        checked = check_token(secret, require_bearer=False)
+        if checked is None:
+            raise ValueError(
+                "token: expected 1 to 8192 visible ASCII characters (optionally after 'Bearer ')"
+            )
+        if not isinstance(source, str) or not source:
+            raise ValueError("source: expected a CredentialSource or a source's name")
+        if server_label is not None and not isinstance(server_label, str):
+            raise ValueError("server_label: expected a string or None")
+        if headers:
+            for name, value in headers.items():
+                if not check_extra_header(name, value):
+                    raise ValueError(
+                        "headers: expected RFC 9110 header names (not Authorization, framing, "
+                        "hop-by-hop or MCP session headers) with visible ASCII values"
+                    )
+        # ValueError for a URL that is not absolute http(s): a credential is bound to a server
+        # we can compare requests against, or to none.
+        server = None if server_url is None else parse_server_url(server_url)
+        set_ = object.__setattr__
+        set_(self, "_secret", checked)
+        set_(self, "_token", token if isinstance(token, SecretStr) and checked == secret else None)
+        set_(self, "_source", source)
+        set_(self, "_server_url", server_url)
+        set_(self, "_server_label", server_label)
+        set_(self, "_headers", SecureHeaders(headers) if headers else _NO_HEADERS)
+        set_(self, "_server", server)
+        set_(self, "_fingerprint", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("MCPCredential is immutable")
 
     @property
     def token(self) -> SecretStr:
         """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
         token = self._token
         if token is None:
-            token = self._token = SecretStr(self._secret)
+            token = SecretStr(self._secret)
+            object.__setattr__(self, "_token", token)
         return token
 
     @property
@@ -161,7 +174,8 @@ class MCPCredential:
         """First 12 hex of the token's SHA-256 (safe to log and to use in cache keys)."""
         fp = self._fingerprint
         if fp is None:
-            fp = self._fingerprint = fingerprint(self._secret)
+            fp = fingerprint(self._secret)
+            object.__setattr__(self, "_fingerprint", fp)
         return fp
 
     def bearer(self) -> str:
@@ -169,7 +183,7 @@ class MCPCredential:
         return "Bearer " + self._secret
 
     def replace(self, **changes: Any) -> MCPCredential:
-        """A copy with some fields changed (``server_url`` re-validated)."""
+        """A copy with some fields changed (checked again)."""
         fields: dict[str, Any] = {
             "token": self._secret,
             "source": self._source,
@@ -196,7 +210,7 @@ class MCPCredential:
 
     def __repr__(self) -> str:
         return (
-            f"MCPCredential(server_url={self._server_url!r}, "
+            f"MCPCredential(server_url={redacted_url(self._server_url)!r}, "
             f"server_label={self._server_label!r}, source={str(self._source)!r}, "
             f"token=SecretStr('**********'), headers={self._headers!r})"
         )
@@ -205,30 +219,42 @@ class MCPCredential:
 
 
 class MCPCredentials:
-    """The immutable set of credentials one request carries.
+    """The immutable set of credentials one request carries: at most one per server (by
+    normalised URL), per label, and one unbound :attr:`default`.
 
-    Iterating yields every credential, the unbound :attr:`default` included; :meth:`for_server`
-    looks one up by server URL (normalised) or by server label.
+    Iterating yields every credential, the default included; :meth:`for_server` looks one up
+    by server URL (normalised) or by server label.
     """
 
-    __slots__ = ("_index", "_items")
-
+    __slots__ = ("_by_label", "_by_url", "_default", "_items")
+    _by_label: dict[str, MCPCredential]
+    _by_url: dict[str, MCPCredential]
+    _default: MCPCredential | None
     _items: tuple[MCPCredential, ...]
-    # By normalised URL, by label, the default (built on first lookup), by origin (built on
-    # first match).
-    _index: _Index | None
 
     def __init__(self, credentials: Iterable[MCPCredential] = ()) -> None:
         items = tuple(credentials)
-        _set_items(self, items)
-        _set_index(self, _index_of(items))
-
-    def _lookup(self) -> _Index:
-        index = self._index
-        if index is None:
-            index = _index_of(self._items)
-            _set_index(self, index)
-        return index
+        by_url: dict[str, MCPCredential] = {}
+        by_label: dict[str, MCPCredential] = {}
+        default: MCPCredential | None = None
+        for cred in items:
+            if not isinstance(cred, MCPCredential):
+                raise TypeError(f"expected MCPCredential items, got a {type(cred).__name__}")
+            server = cred._server
+            if server is not None:
+                if by_url.setdefault(server.url, cred) is not cred:
+                    raise ValueError("two credentials for the same server")
+            elif cred._server_label is None:
+                if default is not None:
+                    raise ValueError("two default credentials")
+                default = cred
+            if cred._server_label is not None:
+                by_label.setdefault(cred._server_label, cred)
+        set_ = object.__setattr__
+        set_(self, "_items", items)
+        set_(self, "_by_url", by_url)
+        set_(self, "_by_label", by_label)
+        set_(self, "_default", default)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("MCPCredentials is immutable")
@@ -240,7 +266,7 @@ class MCPCredentials:
         It is never attached to an outgoing request by itself: bind it to a server with
         :meth:`bind_default` first.
         """
-        return self._lookup()[2]
+        return self._default
 
     def for_server(self, url_or_label: str) -> MCPCredential | None:
         """The credential for a server URL (compared normalised) or a server label."""
@@ -249,8 +275,8 @@ class MCPCredentials:
                 key = parse_server_url(url_or_label).url
             except ValueError:
                 return None
-            return self._lookup()[0].get(key)
-        return self._lookup()[1].get(url_or_label)
+            return self._by_url.get(key)
+        return self._by_label.get(url_or_label)
 
     def bind_default(self, server_url: str) -> MCPCredentials:
         """A copy in which the unbound default credential is bound to ``server_url``.
@@ -258,38 +284,48 @@ class MCPCredentials:
         A credential the request already carries for that server is kept (it is more
         specific); without a default credential the set is returned unchanged.
         """
-        default = self.default
+        default = self._default
         if default is None or self.for_server(server_url) is not None:
             return self
         bound = default.replace(server_url=server_url)
         return MCPCredentials([c for c in self._items if c is not default] + [bound])
 
-    def match_request(
-        self, scheme: str, host: str, port: int | None, path: str, query: str
-    ) -> MCPCredential | None:
-        """The credential for an outgoing request, by SPEC §9's rule (see ``downstream``).
+    def match_request(self, request: ServerURL) -> MCPCredential | None:
+        """The credential for an outgoing request to ``request`` (see ``downstream``).
 
-        Same origin only; the credential whose path is the longest whole-segment prefix of
-        the request path (and whose query, when it has one, equals the request's); failing
-        that, the only credential of that origin, if it names no query.
+        The credential whose normalised URL, query included, is the request's; else, on the
+        same origin, the one whose path is the longest whole-segment prefix of the request's
+        path, a credential with a query matching only requests with exactly that query (so
+        it is preferred over one without a query at the same path); else the only credential
+        of that origin, if it names no query. The order credentials were given in never
+        decides.
         """
-        by_url, by_label, default, origins = self._lookup()
-        if origins is None:
-            origins = _origins_of(by_url)
-            _set_index(self, (by_url, by_label, default, origins))
-        candidates = origins.get((scheme, host, port))
-        if not candidates:
-            return None
-        for cred in candidates:
-            server = cred.server
+        exact = self._by_url.get(request.url)
+        if exact is not None:
+            return exact
+        best: MCPCredential | None = None
+        best_rank = (-1, False)
+        same_origin: list[MCPCredential] = []
+        for cred in self._by_url.values():
+            server = cred._server
             assert server is not None
-            if path_is_prefix(server.path, path) and (not server.query or server.query == query):
-                return cred
+            if server.origin != request.origin:
+                continue
+            same_origin.append(cred)
+            if server.query and server.query != request.query:
+                continue
+            if not path_is_prefix(server.path, request.path):
+                continue
+            rank = (len(server.path), bool(server.query))
+            if rank > best_rank:
+                best, best_rank = cred, rank
+        if best is not None:
+            return best
         # The SSE transport posts to a URL the server names (``/messages/?session_id=...``):
         # the only credential of the origin covers it, unless that credential names a query,
         # which keeps it to requests with exactly that query.
-        if len(candidates) == 1 and not candidates[0].server.query:  # type: ignore[union-attr]
-            return candidates[0]
+        if len(same_origin) == 1 and not same_origin[0].server.query:  # type: ignore[union-attr]
+            return same_origin[0]
         return None
 
     def __iter__(self) -> Iterator[MCPCredential]:
@@ -313,86 +349,6 @@ class MCPCredentials:
         return f"MCPCredentials({list(self._items)!r})"
 
     __str__ = __repr__
-
-
-# The request path's constructors. Module functions, not classmethods: a classmethod call
-# costs about as much as the whole construction. The slots are set through their
-# descriptors, past ``MCPCredentials.__setattr__``.
-_object_new = object.__new__
-_set_items = MCPCredentials.__dict__["_items"].__set__
-_set_index = MCPCredentials.__dict__["_index"].__set__
-
-
-def _credential(
-    secret: str,
-    source: CredentialSource | str,
-    server_url: str | None,
-    server_label: str | None,
-    server: ServerURL | None,
-    headers: Mapping[str, str] | None = None,
-) -> MCPCredential:
-    """A credential from checked parts (``server`` is the parsed ``server_url``), without
-    :class:`MCPCredential`'s keyword handling and checks."""
-    self: MCPCredential = _object_new(MCPCredential)
-    self._secret = secret
-    self._token = None
-    self._source = source
-    self._server_url = server_url
-    self._server_label = server_label
-    self._headers = SecureHeaders(headers) if headers else _EMPTY_HEADERS
-    self._server = server
-    self._fingerprint = None
-    return self
-
-
-def _credential_set(items: tuple[MCPCredential, ...]) -> MCPCredentials:
-    """A set of credentials already one per server (one credential, or ``resolve``'s
-    winners): no checks, and the lookup tables wait for the first lookup."""
-    self: MCPCredentials = _object_new(MCPCredentials)
-    _set_items(self, items)
-    _set_index(self, None)
-    return self
-
-
-_Index = tuple[
-    dict[str, MCPCredential],
-    dict[str, MCPCredential],
-    MCPCredential | None,
-    dict[tuple[str, str, int | None], list[MCPCredential]] | None,
-]
-
-
-def _origins_of(
-    by_url: dict[str, MCPCredential],
-) -> dict[tuple[str, str, int | None], list[MCPCredential]]:
-    """The credentials bound to a server by origin, the longest path first."""
-    origins: dict[tuple[str, str, int | None], list[MCPCredential]] = {}
-    for cred in by_url.values():
-        origins.setdefault(cred._server.origin, []).append(cred)  # type: ignore[union-attr]
-    for creds in origins.values():
-        creds.sort(key=lambda c: len(c._server.path), reverse=True)  # type: ignore[union-attr]
-    return origins
-
-
-def _index_of(items: tuple[MCPCredential, ...]) -> _Index:
-    """Lookup tables of a credential set (by URL, by label, the default; by origin is built
-    by the first :meth:`MCPCredentials.match_request`); ``ValueError`` if two credentials
-    claim the same server, or two are unbound."""
-    by_url: dict[str, MCPCredential] = {}
-    by_label: dict[str, MCPCredential] = {}
-    default: MCPCredential | None = None
-    for cred in items:
-        server = cred._server
-        if server is not None:
-            if by_url.setdefault(server.url, cred) is not cred:
-                raise ValueError("two credentials for the same server")
-        elif cred._server_label is None:
-            if default is not None:
-                raise ValueError("two default credentials")
-            default = cred
-        if cred._server_label is not None:
-            by_label.setdefault(cred._server_label, cred)
-    return by_url, by_label, default, None
 
 
 EMPTY_CREDENTIALS = MCPCredentials()

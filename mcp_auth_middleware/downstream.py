@@ -2,9 +2,10 @@
 
 :class:`MCPBearerAuth` is an ``auth=`` for ``httpx`` and ``httpx2`` clients (the ``mcp`` SDK
 2.x uses httpx2). For each outgoing request it reads :func:`current_credentials` and picks
-the credential for that request's server: same origin, longest whole-segment path prefix;
-failing that, the only credential of that origin (the SSE transport posts to a
-``/messages`` URL that the server names). Never another origin's credential, never the
+the credential for that request's server: the one whose URL (query included) is the
+request's; else, on the same origin, the longest whole-segment path prefix; failing that, the
+only credential of that origin (the SSE transport posts to a ``/messages`` URL that the
+server names). Never another origin's credential, never the
 unbound ``default``, never a token on plain ``http://`` to a non-loopback host unless
 ``allow_insecure_http=True``. No matching credential: the request goes out unchanged.
 """
@@ -16,11 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_auth_middleware.context import current_credentials
 from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
-from mcp_auth_middleware.urls import is_loopback_host, parse_server_url
+from mcp_auth_middleware.urls import is_loopback_host, parse_server_url, server_url_of
 
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # Request extension naming the headers this auth set, so the next hop can remove them.
 _APPLIED = "mcp_auth_middleware.applied_headers"
 
@@ -88,15 +87,13 @@ class MCPBearerAuth(_AuthBase):
     def credential_for(self, request: Any) -> MCPCredential | None:
         """The credential this outgoing request would carry (``None``: sent unchanged)."""
         url = request.url
-        scheme = url.scheme.lower()
-        host = url.raw_host.decode("latin-1").lower()
-        port = url.port
-        if port == _DEFAULT_PORTS.get(scheme):
-            port = None
         raw_path: bytes = url.raw_path
         path, _, query = raw_path.decode("latin-1").partition("?")
+        target = server_url_of(
+            url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
+        )
         creds = self._fixed if self._fixed is not None else current_credentials()
-        return creds.match_request(scheme, host, port, path or "/", query)
+        return creds.match_request(target)
 
     def apply(self, request: Any) -> Any:
         """Set ``Authorization`` (and the credential's extra headers) on ``request``.

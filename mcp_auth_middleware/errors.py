@@ -16,9 +16,13 @@ __all__ = [
     "CONFLICTING_CREDENTIALS",
     "INVALID_AUTHORIZATION",
     "INVALID_BODY",
+    "INVALID_CONTENT_LENGTH",
+    "INVALID_HEADERS",
     "INVALID_PROVIDER_DATA",
     "INVALID_SERVER_URL",
     "MESSAGES",
+    "TOO_MANY_TOOLS",
+    "UNSUPPORTED_CONTENT_ENCODING",
     "CredentialRejected",
     "error_body",
 ]
@@ -31,8 +35,13 @@ AUTHORIZATION_IN_PROVIDER_DATA: Final = "authorization_in_provider_data"
 INVALID_SERVER_URL: Final = "invalid_server_url"
 BODY_TOO_LARGE: Final = "body_too_large"
 INVALID_BODY: Final = "invalid_body"
+INVALID_HEADERS: Final = "invalid_headers"
+TOO_MANY_TOOLS: Final = "too_many_tools"
+INVALID_CONTENT_LENGTH: Final = "invalid_content_length"
+UNSUPPORTED_CONTENT_ENCODING: Final = "unsupported_content_encoding"
 
-#: Message templates by code; ``{param}`` is the offending field, ``{limit}`` a size limit.
+#: Message templates by code; ``{param}`` is the offending field. ``{limit}`` and ``{items}``
+#: are limits, filled in by whoever raises (``CredentialRejected(..., message=...)``).
 MESSAGES: Final[dict[str, str]] = {
     AUTHORIZATION_IN_HEADERS: (
         "Do not put an Authorization header in '{param}': pass the MCP server's token in the "
@@ -55,7 +64,19 @@ MESSAGES: Final[dict[str, str]] = {
     ),
     INVALID_SERVER_URL: "Invalid '{param}': expected an absolute http(s) URL.",
     BODY_TOO_LARGE: "Request body too large: the limit is {limit} bytes.",
-    INVALID_BODY: "The request body is not valid JSON.",
+    INVALID_BODY: (
+        "The request body cannot be read the same way by every JSON parser: send strict "
+        "UTF-8 JSON (no NaN or Infinity, no byte-order mark, no integer of thousands of "
+        "digits, no nesting hundreds of levels deep)."
+    ),
+    INVALID_HEADERS: "Invalid '{param}': a tool's headers may hold at most {limit} bytes of JSON.",
+    TOO_MANY_TOOLS: (
+        "Too many tools: at most {limit} MCP tools and {items} tools in all per request."
+    ),
+    INVALID_CONTENT_LENGTH: "Invalid 'Content-Length': expected one decimal number.",
+    UNSUPPORTED_CONTENT_ENCODING: (
+        "Unsupported 'Content-Encoding': send the request body uncompressed."
+    ),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials, _credential_set
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
 
 __all__ = ["Resolved", "credential_key", "resolve"]
 
@@ -14,10 +14,10 @@ Resolved = tuple[MCPCredential, tuple[str, ...]]
 
 def credential_key(cred: MCPCredential) -> tuple[str, str]:
     """What identifies "the same server" across sources."""
-    server = cred._server  # the fields, not the properties: this runs per credential
+    server = cred.server
     if server is not None:
         return ("url", server.url)
-    label = cred._server_label
+    label = cred.server_label
     if label is not None:
         return ("label", label.casefold())
     return ("default", "")
@@ -31,10 +31,6 @@ def resolve(
     Per server, the first source that supplies a credential wins; each later source that
     supplies one for the same server is recorded as shadowed.
     """
-    if len(found) == 1:  # one source: nothing to shadow (the usual case)
-        creds = found[0][1]
-        if len(creds) == 1:
-            return _credential_set((creds[0],)), ((creds[0], ()),)
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:
@@ -43,9 +39,9 @@ def resolve(
             winner = winners.get(key)
             if winner is None:
                 winners[key] = cred
-            elif winner._source != source:
+            elif winner.source != source:
                 shadowed.setdefault(key, []).append(source)
     resolved = tuple(
         [(cred, tuple(shadowed[key]) if key in shadowed else ()) for key, cred in winners.items()]
     )
-    return _credential_set(tuple(winners.values())), resolved
+    return MCPCredentials(winners.values()), resolved

@@ -376,9 +376,7 @@ class MCPSessionPool:
         """The server and the credential to borrow with; refuses what must not be sent."""
         server = parse_server_url(server_url)  # ValueError for a non-http(s) URL
         if credential is None:
-            cred = current_credentials().match_request(
-                server.scheme, server.host, server.port, server.path, server.query
-            )
+            cred = current_credentials().match_request(server)
         else:
             cred = credential
             bound = cred.server

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -20,6 +20,9 @@ __all__ = [
     "is_loopback_host",
     "normalize_server_url",
     "parse_server_url",
+    "path_is_prefix",
+    "redacted_url",
+    "server_url_of",
 ]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -45,6 +48,12 @@ class ServerURL(NamedTuple):
     @property
     def origin(self) -> tuple[str, str, int | None]:
         return (self.scheme, self.host, self.port)
+
+    def __repr__(self) -> str:  # the query may hold secrets: the loggable form only
+        return f"ServerURL({self.loggable!r})"
+
+    def __str__(self) -> str:
+        return self.__repr__()
 
 
 def _normalize_path(path: str) -> str:
@@ -75,16 +84,33 @@ def parse_server_url(url: str) -> ServerURL:
     host = (parts.hostname or "").lower()
     if scheme not in _DEFAULT_PORTS or not host:
         raise ValueError("server URL must be an absolute http(s) URL with a host")
-    if port == _DEFAULT_PORTS[scheme]:
+    return server_url_of(scheme, host, port, parts.path, parts.query)
+
+
+def server_url_of(scheme: str, host: str, port: int | None, path: str, query: str) -> ServerURL:
+    """The normalised :class:`ServerURL` of parts already split and lower-cased (an outgoing
+    request's URL, say): default port dropped, empty path ``/``, one trailing slash ignored."""
+    if port == _DEFAULT_PORTS.get(scheme):
         port = None
-    path = _normalize_path(parts.path)
+    path = _normalize_path(path)
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
     base = f"{scheme}://{netloc}{path}"
-    if not parts.query:
+    if not query:
         return ServerURL(scheme, host, port, path, "", base, base)
-    return ServerURL(scheme, host, port, path, parts.query, f"{base}?{parts.query}", f"{base}?…")
+    return ServerURL(scheme, host, port, path, query, f"{base}?{query}", f"{base}?…")
+
+
+def redacted_url(url: Any) -> str | None:
+    """``url`` as reprs and logs may show it: no user-info, no query (either may hold a
+    secret). ``None`` stays ``None``; anything that is not an http(s) URL is not shown."""
+    if url is None:
+        return None
+    try:
+        return parse_server_url(url).loggable
+    except (ValueError, TypeError):
+        return "[not an http(s) URL]"
 
 
 def normalize_server_url(url: str) -> str:

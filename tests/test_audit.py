@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import uuid
@@ -24,7 +23,6 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     ProviderDataMode,
 )
-from mcp_auth_middleware import credentials as credentials_module
 from mcp_auth_middleware.credentials import fingerprint
 from tests.helpers import (
     PROVIDER_DATA,
@@ -479,18 +477,8 @@ async def test_first_request_id_header_wins_and_is_bounded(
 
 @given(st.text(min_size=1, max_size=200))
 def test_fingerprint_matches_hashlib_sha256(token: str) -> None:
-    """The built-in SHA-256 the fingerprint uses gives hashlib's digest."""
+    """The fingerprint is the first 12 hex digits of the token's SHA-256, as documented."""
     assert fingerprint(token) == hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def test_fingerprint_falls_back_to_hashlib_without_the_builtin_module(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def no_module(name: str) -> Any:
-        raise ImportError(name)
-
-    monkeypatch.setattr(importlib, "import_module", no_module)
-    assert credentials_module._builtin_sha256() is hashlib.sha256
 
 
 @pytest.mark.anyio

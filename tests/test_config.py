@@ -18,7 +18,7 @@ from mcp_auth_middleware import (
     ProviderDataMode,
     current_credentials,
 )
-from mcp_auth_middleware.middleware import _path_matcher
+from mcp_auth_middleware.paths import path_matcher
 from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -314,9 +314,12 @@ PATH_PARTS = ["/v1", "/responses", "/a", "/b", "/", "x", ".", "*", "?", "[", "\n
 )
 def test_path_matching_is_fnmatch_of_any_pattern(patterns: list[str], path: str) -> None:
     """Literal patterns go through a set, the others through a regular expression: the
-    answer is still fnmatch's (case-sensitive) for any of the patterns."""
-    expected = any(re.fullmatch(fnmatch.translate(p), path) for p in patterns)
-    assert bool(_path_matcher(patterns)(path)) == expected
+    answer is fnmatch's (case-sensitive) for any of the patterns, against the path as sent
+    or with runs of "/" merged and one trailing "/" removed."""
+    merged = re.sub("//+", "/", path)
+    forms = {path, merged, merged[:-1] if len(merged) > 1 and merged.endswith("/") else merged}
+    expected = any(re.fullmatch(fnmatch.translate(p), f) for p in patterns for f in forms)
+    assert path_matcher(patterns)({"path": path, "root_path": ""}) == expected
 
 
 @pytest.mark.anyio

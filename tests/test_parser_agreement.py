@@ -1,10 +1,11 @@
-"""The middleware's parser agrees with the application's (SPEC §5, last paragraph).
+"""The middleware's parser agrees with the application's.
 
 Starlette and FastAPI read a JSON body with ``json.loads(body)``. On every input that
 ``json.loads`` accepts, :func:`parse_body` must yield the same credential-bearing fields
 (duplicate keys: the last wins; ``\\u`` escapes in keys and values resolved; BOMs, UTF-16
-and UTF-32 decoded); on every input it refuses, the middleware must not judge the body: no
-crash, no credential, the application answers.
+and UTF-32 decoded). On every input it refuses, no credential is read: the body passes
+through with none, or, where another parser (msgspec, as Litestar uses) would read
+credentials in it or the refusal is a nesting limit, it is refused as ``invalid_body``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from mcp_auth_middleware import MCPAuthConfig
+from mcp_auth_middleware.errors import INVALID_BODY, CredentialRejected
 from mcp_auth_middleware.sources.body import parse_body
 from tests.helpers import PROVIDER_DATA, NothingSource, Recorder, client, make_app
 
@@ -53,9 +55,22 @@ def canon(value: Any) -> Any:
 Tool = tuple[int, Any, Any, Any, Any]
 
 
+def scalar(value: Any) -> Any:
+    """A field the body source reads as a string: the string, null, or that it is neither
+    (the source treats every other value alike, whatever it is)."""
+    if value is None or isinstance(value, str):
+        return canon(value)
+    return ("not-a-string",)
+
+
+def endpoint_uri(endpoint: Any) -> Any:
+    """``mcp_endpoint`` as the body source reads it: its ``uri`` when it is an object."""
+    return scalar(endpoint.get("uri")) if isinstance(endpoint, dict) else ("absent",)
+
+
 class Fields(NamedTuple):
     """The credential-bearing fields: MCP tools (index, url, label, authorization, headers),
-    the top-level ``authorization`` and ``mcp_endpoint``."""
+    the top-level ``authorization`` and ``mcp_endpoint``'s ``uri``."""
 
     tools: tuple[Tool, ...]
     authorization: Any
@@ -72,14 +87,16 @@ def reference(document: dict[str, Any]) -> Fields:
                 mcp.append(
                     (
                         index,
-                        canon(tool.get("server_url")),
-                        canon(tool.get("server_label")),
-                        canon(tool.get("authorization")),
+                        scalar(tool.get("server_url")),
+                        scalar(tool.get("server_label")),
+                        scalar(tool.get("authorization")),
                         canon(tool.get("headers")),
                     )
                 )
     return Fields(
-        tuple(mcp), canon(document.get("authorization")), canon(document.get("mcp_endpoint"))
+        tuple(mcp),
+        scalar(document.get("authorization")),
+        endpoint_uri(document.get("mcp_endpoint")),
     )
 
 
@@ -98,13 +115,25 @@ def extracted(parsed: Any) -> Fields:
         tools.append(
             (
                 _position(tool),
-                canon(tool.server_url),
-                canon(tool.server_label),
-                canon(tool.authorization),
+                scalar(tool.server_url),
+                scalar(tool.server_label),
+                scalar(tool.authorization),
                 canon(tool.headers),
             )
         )
-    return Fields(tuple(tools), canon(parsed.authorization), canon(parsed.mcp_endpoint))
+    return Fields(tuple(tools), scalar(parsed.authorization), endpoint_uri(parsed.mcp_endpoint))
+
+
+EMPTY = Fields((), ("null",), ("absent",))
+
+
+def read_or_refused(body: bytes) -> Fields | str | None:
+    """What :func:`parse_body` reads (``None``: not a JSON object), or its refusal's code."""
+    try:
+        parsed = parse_body(body)
+    except CredentialRejected as exc:
+        return exc.code
+    return None if parsed is None else extracted(parsed)
 
 
 def assert_agrees(body: bytes) -> None:
@@ -112,7 +141,8 @@ def assert_agrees(body: bytes) -> None:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        parse_body(body)  # the application cannot parse it: we may not crash on it either
+        # The application cannot parse it: nothing is read, or it is refused; no crash.
+        assert read_or_refused(body) in (None, EMPTY, INVALID_BODY)
         return
     parsed = parse_body(body)
     if not isinstance(document, dict):
@@ -249,14 +279,16 @@ VALID_TOKENS = {"tok", "first", "last", "a", "b", "t", "x", "top", "escaped", "p
 
 
 def expected_view(body: bytes) -> dict[str, Any] | None:
-    """What the application must see for an ``EXPLICIT`` body: ``None`` for a refusal.
+    """What the application must see for an ``EXPLICIT`` body: ``None`` for a refusal,
+    ``UNREADABLE`` where ``json.loads`` refuses it (passed with nothing, or refused as
+    ``invalid_body``).
 
     Only the simple inputs above: plain string tokens from ``VALID_TOKENS``.
     """
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        return {"credentials": [], "default": None}
+        return UNREADABLE
     if not isinstance(document, dict):
         return {"credentials": [], "default": None}
     fields = reference(document)
@@ -284,6 +316,9 @@ def expected_view(body: bytes) -> dict[str, Any] | None:
     return {"credentials": sorted(creds, key=repr), "default": default}
 
 
+UNREADABLE: dict[str, Any] = {"credentials": [], "default": None}
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("body", EXPLICIT)
 async def test_application_sees_what_json_loads_implies(body: bytes) -> None:
@@ -293,6 +328,10 @@ async def test_application_sees_what_json_loads_implies(body: bytes) -> None:
         response = await c.post(
             "/v1/responses", content=body, headers={"Content-Type": "application/json"}
         )
+    if expected is UNREADABLE and response.status_code == 400:
+        assert response.json()["error"]["code"] == INVALID_BODY
+        assert recorder.calls == []
+        return
     if expected is None:
         assert response.status_code == 400
         assert recorder.calls == []
@@ -789,28 +828,32 @@ async def test_application_sees_the_credentials_json_loads_implies(body: bytes) 
 @E2E_SETTINGS
 @given(corrupted())
 async def test_body_json_loads_refuses_passes_through_with_no_credentials(body: bytes) -> None:
-    """Not JSON to the application: not the middleware's to judge, and nothing is scoped."""
+    """Not JSON to the application: nothing is scoped. It passes through, or is refused as
+    ``invalid_body`` where another parser would read credentials in it."""
     try:
         json.loads(body)
     except (ValueError, RecursionError):
         pass
     else:
         assume(False)
-    status, _, recorder = await through_middleware(body)
+    status, answer, recorder = await through_middleware(body)
+    if status == 400:
+        assert answer["error"]["code"] == INVALID_BODY
+        assert recorder.calls == []
+        return
     assert status == 200
     (call,) = recorder.calls
     assert call["body"] == body
     assert (call["credentials"], call["default"]) == ([], None)
 
 
-# --- the inlined path and the general path read a body alike --------------------------------
+# --- the body reads alike whatever else the request carries ----------------------------------
 #
-# A request on which only the body can carry credentials takes the middleware's inlined path;
-# a custom source, or a provider-data header on the request, sends it down the general path
-# (every source asked in turn). Both must give the same answer, the body whole or in pieces.
+# A custom source or a provider-data header that supplies nothing changes nothing, and a body
+# sent in pieces reads as the body sent whole.
 
 
-GENERAL_PATH = MCPAuthConfig(sources=(NothingSource(),))
+WITH_CUSTOM_SOURCE = MCPAuthConfig(sources=(NothingSource(),))
 EMPTY_PROVIDER_DATA = {PROVIDER_DATA: json.dumps({"mcp_headers": {}})}
 
 
@@ -836,7 +879,8 @@ async def answer(
 @pytest.mark.anyio
 @E2E_SETTINGS
 @given(e2e_bodies(), st.integers(1, 3))
-async def test_inlined_and_general_paths_agree(body: bytes, pieces: int) -> None:
-    inlined = await answer(None, body, {}, pieces)
-    assert await answer(GENERAL_PATH, body, {}, 1) == inlined
-    assert await answer(None, body, EMPTY_PROVIDER_DATA, pieces) == inlined
+async def test_other_sources_and_pieces_change_nothing(body: bytes, pieces: int) -> None:
+    alone = await answer(None, body, {}, 1)
+    assert await answer(None, body, {}, pieces) == alone
+    assert await answer(WITH_CUSTOM_SOURCE, body, {}, pieces) == alone
+    assert await answer(None, body, EMPTY_PROVIDER_DATA, pieces) == alone

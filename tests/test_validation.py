@@ -463,37 +463,38 @@ async def test_json_content_types_are_inspected(content_type: str | None) -> Non
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("first", "second", "inspected"),
+    ("first", "second"),
     [
-        pytest.param(b"application/json", b"text/plain", True, id="json-first"),
-        pytest.param(b"text/plain", b"application/json", False, id="text-first"),
+        pytest.param(b"application/json", b"text/plain", id="json-first"),
+        pytest.param(b"text/plain", b"application/json", id="text-first"),
     ],
 )
-async def test_the_first_content_type_decides_as_in_starlette(
-    first: bytes, second: bytes, inspected: bool
-) -> None:
-    """Starlette's ``request.headers.get()`` reads the first value; so must we."""
+async def test_no_content_type_lets_a_json_object_past(first: bytes, second: bytes) -> None:
+    """Frameworks disagree on which Content-Type value counts, and Starlette's
+    ``request.json()`` reads none: a JSON object body is read whatever they say."""
     raw = RawApp()
     app = MCPAuthMiddleware(raw)
     scope = http_scope(headers=[(b"content-type", first), (b"content-type", second)])
     sent = await run(app, scope, chunked(bad_body()))
-    assert sent[0]["status"] == (400 if inspected else 200)
-    assert len(raw.calls) == (0 if inspected else 1)
+    assert sent[0]["status"] == 400
+    assert raw.calls == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("length", [b"\xb2", b"12a", b"-1", b""], ids=repr)
-async def test_a_malformed_content_length_is_ignored_not_fatal(length: bytes) -> None:
+async def test_a_malformed_content_length_is_refused(length: bytes) -> None:
     raw = RawApp()
     app = MCPAuthMiddleware(raw)
     headers = [(b"content-type", b"application/json"), (b"content-length", length)]
     body = json.dumps(tools_body(mcp_tool(URL, "tok-cl"))).encode()
     sent = await run(app, http_scope(headers=headers), chunked(body))
-    assert sent[0]["status"] == 200
-    assert raw.calls[0]["credentials"] == ["tok-cl"]
+    assert sent[0]["status"] == 400
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert (error["code"], error["param"]) == ("invalid_content_length", "Content-Length")
+    assert raw.calls == []
 
 
-NOT_JSON = [
+CONTENT_TYPES = [
     pytest.param(b"text/plain", id="text-plain"),
     pytest.param(b"text/plain; charset=utf-8", id="text-plain-charset"),
     pytest.param(b"multipart/form-data; boundary=xyz", id="multipart"),
@@ -505,42 +506,74 @@ NOT_JSON = [
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("content_type", NOT_JSON)
-async def test_other_content_types_pass_through_with_the_raw_receive(content_type: bytes) -> None:
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+async def test_a_json_object_is_read_whatever_its_content_type(content_type: bytes) -> None:
+    raw = RawApp()
+    app = MCPAuthMiddleware(raw)
+    sent = await run(
+        app, http_scope(headers=[(b"content-type", content_type)]), chunked(bad_body())
+    )
+    assert sent[0]["status"] == 400
+    assert raw.calls == []
+
+
+NOT_AN_OBJECT = [
+    pytest.param(b"application/x-www-form-urlencoded", b"tools=x&authorization=y", id="form"),
+    pytest.param(
+        b"multipart/form-data; boundary=xyz",
+        b'--xyz\r\nContent-Disposition: form-data; name="f"\r\n\r\n{"tools":[]}\r\n--xyz--',
+        id="multipart",
+    ),
+    pytest.param(b"application/octet-stream", b"\x89PNG\r\n\x1a\n", id="binary"),
+    pytest.param(b"application/json", b' \n [{"tools": []}]', id="json-array"),
+    pytest.param(b"text/plain", b"   ", id="whitespace"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("content_type", "body"), NOT_AN_OBJECT)
+async def test_a_body_that_cannot_be_a_json_object_passes_through(
+    content_type: bytes, body: bytes
+) -> None:
+    """Its first significant byte is not "{": the app gets the very messages the server sent
+    (the first one looked at, the rest unbuffered), and no body credentials."""
     raw = RawApp()
     app = MCPAuthMiddleware(raw)
     scope = http_scope(headers=[(b"content-type", content_type)])
-    receive = chunked(bad_body())
-    sent = await run(app, scope, receive)
+    sent = await run(app, scope, chunked(body[:3], body[3:]))
     assert sent[0]["status"] == 200
-    assert raw.calls[0]["receive"] is receive
     assert raw.calls[0]["scope"] is scope
-    assert raw.calls[0]["body"] == bad_body()
+    assert raw.calls[0]["body"] == body
     assert raw.calls[0]["credentials"] == []
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("method", ["GET", "DELETE", "HEAD", "OPTIONS"])
-async def test_methods_without_a_body_pass_through_with_the_raw_receive(method: str) -> None:
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_http1_get_and_head_without_a_length_get_the_raw_receive(method: str) -> None:
+    """No body can come: nothing is buffered, but the headers are still read."""
     raw = RawApp()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(server_headers=True))
-    scope = http_scope(
-        method,
-        [(b"content-type", b"application/json"), (b"x-mcp-srv-authorization", b"not bearer")],
-    )
-    receive = chunked(bad_body())
-    sent = await run(app, scope, receive)
+    good = [(b"x-mcp-srv-authorization", b"Bearer tok-get")]
+    receive = chunked(b"")
+    sent = await run(app, http_scope(method, good), receive)
     assert sent[0]["status"] == 200
     assert raw.calls[0]["receive"] is receive
-    assert raw.calls[0]["scope"] is scope
+    assert raw.calls[0]["credentials"] == ["tok-get"]
+    bad = [(b"x-mcp-srv-authorization", b"not bearer")]
+    sent = await run(app, http_scope(method, bad), chunked(b""))
+    assert sent[0]["status"] == 400
+    assert len(raw.calls) == 1
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
-async def test_body_methods_are_inspected(method: str) -> None:
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET"])
+async def test_any_method_with_a_body_is_inspected(method: str) -> None:
+    """FastAPI reads a body on any route that declares one, GET included."""
     raw = RawApp()
     app = MCPAuthMiddleware(raw)
-    sent = await run(app, http_scope(method), chunked(bad_body()))
+    body = bad_body()
+    headers = [(b"content-length", str(len(body)).encode())]
+    sent = await run(app, http_scope(method, headers), chunked(body))
     assert sent[0]["status"] == 400
     assert raw.calls == []
 

@@ -1,4 +1,4 @@
-"""What every credential source shares: the protocol, the request view, token checks.
+"""What every credential source shares: the protocol, and the request as a source sees it.
 
 A source is any object with a ``name``, a ``needs_body`` flag and a ``read(request)`` method
 that returns the credentials it finds (an iterable of :class:`MCPCredential`, or an awaitable
@@ -11,32 +11,33 @@ keeps, per server, the first source's credential.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.types import Scope
 
+from mcp_auth_middleware.checks import MAX_TOKEN_LENGTH, check_token
 from mcp_auth_middleware.credentials import MCPCredential
 from mcp_auth_middleware.errors import INVALID_AUTHORIZATION, CredentialRejected
+from mcp_auth_middleware.urls import redacted_url
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "MCPCredentialSource",
     "MCPTool",
     "ParsedBody",
+    "RequestHeaders",
     "SourceRequest",
     "check_token",
     "parse_token",
 ]
 
-#: Longest accepted ``authorization`` value (the token with any ``Bearer`` prefix).
-MAX_TOKEN_LENGTH: Final = 8192
-
 
 class MCPTool:
     """One ``{"type": "mcp"}`` item of a Responses ``tools`` list, fields as sent.
 
-    Not a tuple on purpose: JSON log renderers would serialise a tuple's fields, tokens
-    included; ``repr`` shows ``[secure]`` instead.
+    ``position`` is its place in the request's ``tools`` list (errors name it). Not a tuple on
+    purpose: JSON log renderers would serialise a tuple's fields, tokens included; ``repr``
+    shows ``[secure]`` instead, and the server URL without its user-info and query.
     """
 
     __slots__ = ("authorization", "headers", "position", "server_label", "server_url")
@@ -54,10 +55,9 @@ class MCPTool:
         self.headers = headers
 
     def __repr__(self) -> str:
-        headers = list(self.headers) if isinstance(self.headers, dict) else "[secure]"
         return (
-            f"MCPTool(position={self.position}, server_url={self.server_url!r}, "
-            f"server_label={self.server_label!r}, authorization=[secure], headers={headers!r})"
+            f"MCPTool(position={self.position}, server_url={redacted_url(self.server_url)!r}, "
+            f"server_label={self.server_label!r}, authorization=[secure], headers=[secure])"
         )
 
 
@@ -78,23 +78,7 @@ class ParsedBody:
         self.mcp_endpoint = mcp_endpoint
 
     def __repr__(self) -> str:
-        return (
-            f"ParsedBody(tools={list(self.tools)!r}, authorization=[secure], "
-            f"mcp_endpoint={self.mcp_endpoint!r})"
-        )
-
-    @classmethod
-    def _of(cls, tools: Iterable[Any], authorization: Any, mcp_endpoint: Any) -> ParsedBody:
-        """From decoded tools (anything with the fields of :class:`MCPTool` and a ``type``)."""
-        return cls(
-            tuple(
-                MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
-                for position, t in enumerate(tools)
-                if t.type == "mcp"
-            ),
-            authorization,
-            mcp_endpoint,
-        )
+        return f"ParsedBody(tools={list(self.tools)!r}, authorization=[secure], mcp_endpoint=...)"
 
     def labels(self) -> dict[str, list[MCPTool]]:
         """The MCP tools by server label, case-folded."""
@@ -105,26 +89,49 @@ class ParsedBody:
         return by_label
 
 
+class RequestHeaders:
+    """The request's raw ASGI headers (names lower-cased by the server, as ASGI requires),
+    looked up by name. Built with one C-level pass; a name that occurs more than once is
+    answered from the raw list, in order."""
+
+    __slots__ = ("_first", "_raw", "repeated")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = raw if type(raw) is list else list(raw)
+        self._first = dict(reversed(self._raw))  # first value wins, as in Starlette
+        #: Whether any name occurs more than once.
+        self.repeated = len(self._first) != len(self._raw)
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of the header ``name`` (lower case), in order."""
+        if self.repeated:
+            return [value for key, value in self._raw if key == name]
+        value = self._first.get(name)
+        return [] if value is None else [value]
+
+    def first(self, name: bytes) -> bytes | None:
+        """The first value of ``name`` (lower case), or ``None``."""
+        return self._first.get(name)
+
+    def names(self) -> Iterable[bytes]:
+        """Every header name, once each."""
+        return self._first.keys()
+
+    def __repr__(self) -> str:  # values may be credentials
+        return f"RequestHeaders({[name.decode('latin-1') for name in self._first]!r})"
+
+
 class SourceRequest:
     """The request as a source sees it.
 
     ``headers`` maps lower-cased header names to all their values (latin-1 decoded), built
     on first use; :meth:`header` and :meth:`header_values` are the cheap way to read one.
-    ``body`` is ``None`` when the request body was not read (no source needs it, or it is
-    not a JSON object). ``scope`` is the ASGI scope (``scope.get("user")`` for an
-    authenticated user, ``scope["state"]`` for what earlier middleware stored).
+    ``body`` is ``None`` when the request body was not read (no source needs it, there is no
+    body, or it is not a JSON object). ``scope`` is the ASGI scope (``scope.get("user")`` for
+    an authenticated user, ``scope["state"]`` for what earlier middleware stored).
     """
 
-    __slots__ = (
-        "_body",
-        "_duplicates",
-        "_envelope",
-        "_first",
-        "_headers",
-        "method",
-        "path",
-        "scope",
-    )
+    __slots__ = ("_headers", "_raw", "body", "method", "path", "scope")
 
     def __init__(
         self,
@@ -133,31 +140,14 @@ class SourceRequest:
         path: str,
         headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
-        _first: Mapping[bytes, bytes] | None = None,
-        _duplicates: bool = True,
-        _envelope: Any = None,
+        raw_headers: RequestHeaders | None = None,
     ) -> None:
         self.scope = scope
         self.method = method
         self.path = path
-        self._body = body
-        # The decoded body (the middleware's): ``body`` is built from it on first use.
-        self._envelope = _envelope
+        self.body = body
         self._headers = headers
-        # The raw headers, first value per name (the middleware's one C-level pass), and
-        # whether any name occurs twice (then ``headers`` has the whole story).
-        self._first = _first
-        self._duplicates = _duplicates
-
-    @property
-    def body(self) -> ParsedBody | None:
-        body = self._body
-        if body is None and self._envelope is not None:
-            envelope = self._envelope
-            body = self._body = ParsedBody._of(
-                envelope.tools or (), envelope.authorization, envelope.mcp_endpoint
-            )
-        return body
+        self._raw = raw_headers
 
     @property
     def headers(self) -> Mapping[str, Sequence[str]]:
@@ -171,9 +161,8 @@ class SourceRequest:
 
     def header_values(self, name: str) -> Sequence[str]:
         """All values of a header (name matched case-insensitively), in order."""
-        if self._first is not None and not self._duplicates:
-            value = self._first.get(name.lower().encode("latin-1"))
-            return () if value is None else (value.decode("latin-1"),)
+        if self._headers is None and self._raw is not None:
+            return [v.decode("latin-1") for v in self._raw.values(name.lower().encode("latin-1"))]
         return self.headers.get(name.lower(), ())
 
     def header(self, name: str) -> str | None:
@@ -199,27 +188,6 @@ class MCPCredentialSource(Protocol):
     ) -> Iterable[MCPCredential] | Awaitable[Iterable[MCPCredential]]:
         """The credentials this request carries for this source (may be async)."""
         ...
-
-
-def check_token(value: Any, *, require_bearer: bool) -> str | None:
-    """The bare token of an ``authorization`` value, or ``None`` if it is not acceptable.
-
-    ``Bearer <token>`` (scheme in any case, one or more spaces) has its prefix stripped;
-    with ``require_bearer`` nothing else is accepted. The token must be 1 to 8192 printable
-    ASCII characters without whitespace: anything else could split or inject a header.
-    """
-    if type(value) is not str or len(value) > MAX_TOKEN_LENGTH:
-        return None
-    if value[:7].lower() == "bearer ":
-        token = value[7:].lstrip(" ")
-    elif require_bearer or (len(value) == 6 and value.lower() == "bearer"):
-        return None  # no scheme where one is required, or a scheme with no token
-    else:
-        token = value
-    # isprintable() on ASCII admits 0x20-0x7E: with no space, exactly the visible characters.
-    if not token or not token.isascii() or not token.isprintable() or " " in token:
-        return None
-    return token
 
 
 def parse_token(value: Any, *, param: str, source: str, require_bearer: bool) -> str:

@@ -9,11 +9,11 @@ nothing. Other keys of the header belong to other providers and are left alone.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
+from mcp_auth_middleware.checks import RESERVED_HEADERS, check_extra_header
 from mcp_auth_middleware.config import ProviderDataMode
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, _credential
+from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_PROVIDER_DATA,
     CONFLICTING_CREDENTIALS,
@@ -21,47 +21,14 @@ from mcp_auth_middleware.errors import (
     CredentialRejected,
 )
 from mcp_auth_middleware.sources.base import SourceRequest, parse_token
-from mcp_auth_middleware.urls import ServerURL, parse_server_url
+from mcp_auth_middleware.urls import parse_server_url
 
 __all__ = ["RESERVED_HEADERS", "ProviderDataSource", "check_extra_header"]
 
 _SOURCE: Final = CredentialSource.PROVIDER_DATA.value
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Visible ASCII, space and tab inside (RFC 9110 field-value, no obs-text): no CR, LF or NUL.
-_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
-
-#: Header names a caller may not set for an MCP server: framing, hop-by-hop and the MCP
-#: transport's own session headers, which belong to the client library.
-RESERVED_HEADERS: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "content-type",
-        "host",
-        "keep-alive",
-        "mcp-protocol-version",
-        "mcp-session-id",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 #: ``json.loads`` of a ``str`` without its keyword handling: the same decoder, called directly.
 _decode = json.JSONDecoder().decode
-
-
-def check_extra_header(name: Any, value: Any) -> bool:
-    """Whether an extra header is one we are willing to forward."""
-    return (
-        isinstance(name, str)
-        and isinstance(value, str)
-        and _HEADER_NAME.fullmatch(name) is not None
-        and name.lower() not in RESERVED_HEADERS
-        and _HEADER_VALUE.fullmatch(value) is not None
-    )
 
 
 class ProviderDataSource:
@@ -108,7 +75,7 @@ class ProviderDataSource:
             if not isinstance(headers, dict):
                 raise self._invalid()
             key = server.url
-            cred = self._credential(url, server, headers)
+            cred = self._credential(url, headers)
             if cred is None:
                 continue
             previous = found.get(key)
@@ -119,15 +86,13 @@ class ProviderDataSource:
             found.setdefault(key, cred)
         return list(found.values())
 
-    def _credential(
-        self, url: str, server: ServerURL, headers: dict[Any, Any]
-    ) -> MCPCredential | None:
+    def _credential(self, url: str, headers: dict[Any, Any]) -> MCPCredential | None:
         authorization: Any = None
         extra: dict[str, str] = {}
         for name, value in headers.items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise self._invalid()
-            if name.strip().lower() == "authorization":
+            if name.strip().lower() == "authorization":  # look-alikes are no token names
                 if authorization is not None:
                     raise self._invalid()
                 authorization = value
@@ -140,4 +105,6 @@ class ProviderDataSource:
         if self.mode is ProviderDataMode.REJECT:
             raise CredentialRejected(AUTHORIZATION_IN_PROVIDER_DATA, self.header, source=_SOURCE)
         token = parse_token(authorization, param=self.header, source=_SOURCE, require_bearer=True)
-        return _credential(token, CredentialSource.PROVIDER_DATA, url, None, server, extra)
+        return MCPCredential(
+            token=token, source=CredentialSource.PROVIDER_DATA, server_url=url, headers=extra
+        )
