@@ -55,16 +55,18 @@ def check_token(value: Any, *, require_bearer: bool) -> str | None:
     """
     if type(value) is not str or len(value) > MAX_TOKEN_LENGTH:
         return None
-    if value[:7].lower() == "bearer ":
+    if " " in value:  # a scheme, then the token
+        if value[:7].lower() != "bearer ":
+            return None
         token = value[7:].lstrip(" ")
+        if " " in token:
+            return None
     elif require_bearer or (len(value) == 6 and value.lower() == "bearer"):
         return None  # no scheme where one is required, or a scheme with no token
     else:
         token = value
     # isprintable() on ASCII admits 0x20-0x7E: with no space, exactly the visible characters.
-    if not token or not token.isascii() or not token.isprintable() or " " in token:
-        return None
-    return token
+    return token if token and token.isascii() and token.isprintable() else None
 
 
 def is_authorization(name: str) -> bool:

@@ -20,7 +20,22 @@ from pydantic import SecretStr
 from mcp_auth_middleware.checks import check_extra_header, check_token
 from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix, redacted_url
 
-__all__ = ["CredentialSource", "MCPCredential", "MCPCredentials", "fingerprint"]
+__all__ = [
+    "CredentialSource",
+    "InvalidCredential",
+    "MCPCredential",
+    "MCPCredentials",
+    "fingerprint",
+]
+
+
+class InvalidCredential(ValueError):
+    """A credential cannot be made of these parts: ``field`` names the one at fault (its
+    value never appears in the message)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class CredentialSource(StrEnum):
@@ -63,17 +78,24 @@ class SecureHeaders(Mapping[str, str]):
 
 
 _NO_HEADERS: Mapping[str, str] = SecureHeaders()
+_TOKEN_RULE = "expected 1 to 8192 visible ASCII characters (optionally after 'Bearer ')"  # noqa: S105 - a message, not a password
+_HEADERS_RULE = (
+    "expected RFC 9110 header names (not Authorization, framing, hop-by-hop or MCP session "
+    "headers) with visible ASCII values"
+)
 
 
 class MCPCredential:
-    """One credential for one MCP server (or the request's unbound ``default``).
+    """One credential for one MCP server (or the request's unbound ``default``). Read-only:
+    every public field is a property.
 
     ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
     credential and for a credential known only by its ``server_label``. ``token`` may be given
     as ``Bearer <token>``; the prefix is stripped. A token that is not 1 to 8192 visible ASCII
     characters, an extra header that is not a plain RFC 9110 header (or is ``Authorization``,
     framing, hop-by-hop or MCP session state) and a server URL that is not absolute http(s)
-    raise ``ValueError``, whose message names the field and never the value.
+    raise :class:`InvalidCredential` (a ``ValueError``), which names the field and never the
+    value.
     """
 
     __slots__ = (
@@ -104,46 +126,42 @@ class MCPCredential:
         server_label: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        given = token if isinstance(token, SecretStr) else None
+        secret = token if given is None else given.get_secret_value()
         checked = check_token(secret, require_bearer=False)
         if checked is None:
-            raise ValueError(
-                "token: expected 1 to 8192 visible ASCII characters (optionally after 'Bearer ')"
-            )
+            raise InvalidCredential("token", _TOKEN_RULE)
         if not isinstance(source, str) or not source:
-            raise ValueError("source: expected a CredentialSource or a source's name")
-        if server_label is not None and not isinstance(server_label, str):
-            raise ValueError("server_label: expected a string or None")
+            raise InvalidCredential("source", "expected a CredentialSource or a source's name")
+        if server_label is not None and type(server_label) is not str:
+            raise InvalidCredential("server_label", "expected a string or None")
         if headers:
             for name, value in headers.items():
                 if not check_extra_header(name, value):
-                    raise ValueError(
-                        "headers: expected RFC 9110 header names (not Authorization, framing, "
-                        "hop-by-hop or MCP session headers) with visible ASCII values"
-                    )
-        # ValueError for a URL that is not absolute http(s): a credential is bound to a server
-        # we can compare requests against, or to none.
-        server = None if server_url is None else parse_server_url(server_url)
-        set_ = object.__setattr__
-        set_(self, "_secret", checked)
-        set_(self, "_token", token if isinstance(token, SecretStr) and checked == secret else None)
-        set_(self, "_source", source)
-        set_(self, "_server_url", server_url)
-        set_(self, "_server_label", server_label)
-        set_(self, "_headers", SecureHeaders(headers) if headers else _NO_HEADERS)
-        set_(self, "_server", server)
-        set_(self, "_fingerprint", None)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("MCPCredential is immutable")
+                    raise InvalidCredential("headers", _HEADERS_RULE)
+        # Bound to a server we can compare requests against (an absolute http(s) URL), or to
+        # none.
+        server = None
+        if server_url is not None:
+            try:
+                server = parse_server_url(server_url)
+            except (ValueError, TypeError):
+                raise InvalidCredential("server_url", "expected an absolute http(s) URL") from None
+        self._secret = checked
+        self._token = given if checked == secret else None
+        self._source = source
+        self._server_url = server_url
+        self._server_label = server_label
+        self._headers = SecureHeaders(headers) if headers else _NO_HEADERS
+        self._server = server
+        self._fingerprint = None
 
     @property
     def token(self) -> SecretStr:
         """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
         token = self._token
         if token is None:
-            token = SecretStr(self._secret)
-            object.__setattr__(self, "_token", token)
+            token = self._token = SecretStr(self._secret)
         return token
 
     @property
@@ -174,13 +192,16 @@ class MCPCredential:
         """First 12 hex of the token's SHA-256 (safe to log and to use in cache keys)."""
         fp = self._fingerprint
         if fp is None:
-            fp = fingerprint(self._secret)
-            object.__setattr__(self, "_fingerprint", fp)
+            fp = self._fingerprint = fingerprint(self._secret)
         return fp
 
     def bearer(self) -> str:
         """The ``Authorization`` header value: ``Bearer <token>``."""
         return "Bearer " + self._secret
+
+    def same_token(self, other: MCPCredential) -> bool:
+        """Whether ``other`` holds the same token (compared in constant time)."""
+        return hmac.compare_digest(self._secret.encode(), other._secret.encode())
 
     def replace(self, **changes: Any) -> MCPCredential:
         """A copy with some fields changed (checked again)."""
@@ -201,7 +222,7 @@ class MCPCredential:
             self._server == other._server
             and self._server_label == other._server_label
             and self._source == other._source
-            and hmac.compare_digest(self._secret.encode(), other._secret.encode())
+            and self.same_token(other)
             and dict(self._headers) == dict(other._headers)
         )
 
@@ -250,14 +271,10 @@ class MCPCredentials:
                 default = cred
             if cred._server_label is not None:
                 by_label.setdefault(cred._server_label, cred)
-        set_ = object.__setattr__
-        set_(self, "_items", items)
-        set_(self, "_by_url", by_url)
-        set_(self, "_by_label", by_label)
-        set_(self, "_default", default)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("MCPCredentials is immutable")
+        self._items = items
+        self._by_url = by_url
+        self._by_label = by_label
+        self._default = default
 
     @property
     def default(self) -> MCPCredential | None:

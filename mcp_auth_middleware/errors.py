@@ -22,6 +22,7 @@ __all__ = [
     "INVALID_SERVER_URL",
     "MESSAGES",
     "TOO_MANY_TOOLS",
+    "UNSUPPORTED_CHARSET",
     "UNSUPPORTED_CONTENT_ENCODING",
     "CredentialRejected",
     "error_body",
@@ -39,6 +40,7 @@ INVALID_HEADERS: Final = "invalid_headers"
 TOO_MANY_TOOLS: Final = "too_many_tools"
 INVALID_CONTENT_LENGTH: Final = "invalid_content_length"
 UNSUPPORTED_CONTENT_ENCODING: Final = "unsupported_content_encoding"
+UNSUPPORTED_CHARSET: Final = "unsupported_charset"
 
 #: Message templates by code; ``{param}`` is the offending field. ``{limit}`` and ``{items}``
 #: are limits, filled in by whoever raises (``CredentialRejected(..., message=...)``).
@@ -76,6 +78,10 @@ MESSAGES: Final[dict[str, str]] = {
     INVALID_CONTENT_LENGTH: "Invalid 'Content-Length': expected one decimal number.",
     UNSUPPORTED_CONTENT_ENCODING: (
         "Unsupported 'Content-Encoding': send the request body uncompressed."
+    ),
+    UNSUPPORTED_CHARSET: (
+        "Unsupported charset in 'Content-Type': send the request body in UTF-8 (or UTF-16 "
+        "or UTF-32)."
     ),
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -29,19 +28,15 @@ from mcp_auth_middleware.errors import (
     INVALID_BODY,
     INVALID_CONTENT_LENGTH,
     MESSAGES,
+    UNSUPPORTED_CHARSET,
     UNSUPPORTED_CONTENT_ENCODING,
     CredentialRejected,
     error_body,
 )
 from mcp_auth_middleware.paths import path_matcher
 from mcp_auth_middleware.resolve import resolve
-from mcp_auth_middleware.sources.base import (
-    MCPCredentialSource,
-    ParsedBody,
-    RequestHeaders,
-    SourceRequest,
-)
-from mcp_auth_middleware.sources.body import BodySource, parse_body
+from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
+from mcp_auth_middleware.sources.body import Body, BodySource, parse_body
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
 from mcp_auth_middleware.sources.server_header import ServerHeaderSource
 
@@ -50,7 +45,14 @@ __all__ = ["MCPAuthMiddleware"]
 # The first byte that is not JSON whitespace, a NUL (UTF-16/32) or a byte-order-mark byte.
 # Only a body whose first such byte is "{" can be a JSON object for any parser.
 _SIGNIFICANT: Final = re.compile(rb"[^ \t\r\n\x00\xef\xbb\xbf\xfe\xff]")
-_CONTENT_LENGTH: Final = re.compile(rb"[0-9]{1,18}")
+_CHARSET: Final = re.compile(rb'charset[ \t]*=[ \t]*"?([^ \t;",]*)')
+_UNICODE: Final = frozenset(
+    {b"utf-8", b"utf8", b"utf-16", b"utf-16le", b"utf-16be", b"utf-32", b"utf-32le"}
+    | {b"utf-32be", b"us-ascii", b"ascii"}
+)
+_FRAMING_HEADERS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"content-encoding", b"content-type"}
+)
 _HTTP_1: Final = frozenset({"1.0", "1.1"})
 _NO_BODY: Final = frozenset({"GET", "HEAD"})
 
@@ -79,10 +81,32 @@ class MCPAuthMiddleware:
     def __init__(self, app: ASGIApp, *, config: MCPAuthConfig | None = None) -> None:
         self.app = app
         self.config = config = config if config is not None else MCPAuthConfig.from_env()
-        self._sources = _sources_of(config)
-        self._active = config.enabled and bool(self._sources)
-        self._reads_body = any(source.needs_body for source in self._sources)
+        sources = _sources_of(config)
+        self._active = config.enabled and bool(sources)
+        self._reads_body = any(source.needs_body for source in sources)
+        # Each source with: whether it is a custom one (its answer is checked), and whether it
+        # reads only headers of its own (the provider-data source: not asked when the request
+        # carries none of them). Per-server headers (a pattern of names) and custom sources
+        # (anything at all) are asked on every request.
+        custom = set(map(id, config.sources))
+        self._sources = tuple(
+            (source, id(source) in custom, isinstance(source, ProviderDataSource))
+            for source in sources
+        )
+        self._asks_every_request = config.server_headers or bool(config.sources)
+        # The header names the one pass in ``__call__`` looks for: the framing headers, the
+        # request id, and those of the provider-data source.
+        self._watched = (
+            _FRAMING_HEADERS
+            | {b"x-request-id"}
+            | {
+                source.header.lower().encode("latin-1")
+                for source in sources
+                if isinstance(source, ProviderDataSource)
+            }
+        )
         self._guards = None if config.paths is None else path_matcher(config.paths)
+        self._max_tools = config.max_tools
         self._auditor = Auditor() if config.audit else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,17 +117,54 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        headers = RequestHeaders(scope["headers"])
-        try:
-            body_comes = _body_comes(scope, headers)
-        except CredentialRejected as exc:
-            await self._reject(scope, send, headers, exc)
+        # One pass over the headers, for the names read here (ASGI servers lower-case them).
+        lengths: list[bytes] = []
+        chunked = coded = foreign_charset = source_headers = False
+        request_id = None
+        for name, value in scope["headers"]:
+            if name in self._watched:
+                if name == b"content-length":
+                    lengths.append(value)
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"content-encoding":
+                    coded = coded or _coded(value)
+                elif name == b"content-type":
+                    lowered = value.lower()
+                    if b"charset" in lowered:
+                        foreign_charset = foreign_charset or _foreign_charset(lowered)
+                elif name == b"x-request-id":
+                    request_id = request_id or value
+                else:
+                    source_headers = True
+        length = _content_length(lengths) if lengths else None
+        # Only an HTTP/1 GET or HEAD without a Content-Length above 0 or a Transfer-Encoding
+        # certainly has no body: HTTP/2 and later need neither header to send one, and a body
+        # that comes despite a Content-Length of 0 is read like any other.
+        body = bool(
+            length
+            or chunked
+            or scope["method"] not in _NO_BODY
+            or scope.get("http_version", "1.0") not in _HTTP_1
+        )
+        if length == -1 or coded or foreign_charset:
+            refusal = _framing_refusal(length, body, coded, foreign_charset)
+            if refusal is not None:
+                await self._reject(scope, send, request_id, refusal)
+                return
+        if not body and not (source_headers or self._asks_every_request):
+            await self.app(scope, receive, send)  # no body, and no header a source reads
             return
-        prepared = await self._prepare(scope, receive, send, headers, body_comes)
+        prepared = await self._prepare(
+            scope, receive, send, (length or 0) if body else None, source_headers, request_id
+        )
         if prepared is None:
             return  # refused (answered), or the client went away
         scope, replay, credentials = prepared
         del prepared
+        if not credentials:
+            await self.app(scope, replay, send)
+            return
         # No local of this frame holds the body or a bare token while the application runs:
         # ``replay`` and ``credentials`` hide theirs from repr (and so from tracebacks that
         # render locals, such as Sentry's or structlog's ``dict_tracebacks``).
@@ -118,36 +179,42 @@ class MCPAuthMiddleware:
         scope: Scope,
         receive: Receive,
         send: Send,
-        headers: RequestHeaders,
-        body_comes: int | None,
+        length: int | None,
+        source_headers: bool,
+        request_id: bytes | None,
     ) -> tuple[Scope, Receive, MCPCredentials] | None:
         """Read the body, ask the sources, resolve, audit; redact if asked to. What the
         application gets, or ``None`` if the request was answered (refused) or the client
-        went away. Its frame is gone before the application runs."""
+        went away. Its frame is gone before the application runs.
+
+        ``length`` is the declared body length (0: undeclared; ``None``: no body can come),
+        ``source_headers`` whether a header the provider-data source reads is present.
+        """
         replay = receive
-        parsed: ParsedBody | None = None
-        body: _Body | None = None
+        parsed: Body | None = None
+        body: _Replay | None = None
         try:
-            if self._reads_body and body_comes is not None:
-                body = await self._read(receive, body_comes)
-                if body is None:
+            if self._reads_body and length is not None:
+                read = await self._read(receive, length)
+                if read is None:
                     return None  # http.disconnect: nobody is left to answer
-                replay = _Replay(body.messages, receive)
-                if body.may_be_object:
-                    parsed = parse_body(body.data(), max_tools=self.config.max_tools)
-            request = SourceRequest(
-                scope, scope["method"], scope["path"], body=parsed, raw_headers=headers
-            )
+                replay = body = read[0]
+                if read[1]:  # it may be a JSON object, and it was read whole
+                    parsed = parse_body(body.data(), max_tools=self._max_tools)
+            if parsed is None and not (source_headers or self._asks_every_request):
+                return scope, replay, EMPTY_CREDENTIALS  # nothing any source could read
+            request = SourceRequest(scope, scope["method"], scope["path"], decoded=parsed)
             found: list[tuple[str, list[MCPCredential]]] = []
-            for source in self._sources:
+            for source, custom, own_headers_only in self._sources:
+                if own_headers_only and not source_headers:
+                    continue
                 got: Any = source.read(request)
-                if inspect.isawaitable(got):
-                    got = await got
-                got = _as_list(got, source.name)
+                if custom:
+                    got = await _checked(got, source.name)
                 if got:
                     found.append((source.name, got))
         except CredentialRejected as exc:
-            await self._reject(scope, send, headers, exc)
+            await self._reject(scope, send, request_id, exc)
             return None
         credentials, resolved = resolve(found) if found else (EMPTY_CREDENTIALS, ())
         if self._auditor is not None and resolved:
@@ -155,7 +222,7 @@ class MCPAuthMiddleware:
                 resolved,
                 method=scope["method"],
                 path=scope["path"],
-                request_id=_request_id(headers),
+                request_id=_request_id(request_id),
             )
         if self.config.redact_body and body is not None and _names_credentials(parsed):
             try:
@@ -164,18 +231,19 @@ class MCPAuthMiddleware:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
                 invalid = CredentialRejected(INVALID_BODY, "body", source="body")
-                await self._reject(scope, send, headers, invalid)
+                await self._reject(scope, send, request_id, invalid)
                 return None
-            length = (b"content-length", str(len(redacted)).encode())
+            declared = (b"content-length", str(len(redacted)).encode())
             scope = {
                 **scope,
-                "headers": [*((k, v) for k, v in scope["headers"] if k != length[0]), length],
+                "headers": [*((k, v) for k, v in scope["headers"] if k != declared[0]), declared],
             }
             replay = _Replay([{"type": "http.request", "body": redacted}], receive)
         return scope, replay, credentials
 
-    async def _read(self, receive: Receive, length: int) -> _Body | None:
-        """The body's first messages, and all of them if it may be a JSON object.
+    async def _read(self, receive: Receive, length: int) -> tuple[_Replay, bool] | None:
+        """The body's first messages, and all of them if it may be a JSON object (then
+        True), as the ``receive`` the application gets.
 
         ``length`` is the declared Content-Length (0 when undeclared). Raises
         ``body_too_large`` for a JSON-object body over ``max_body_bytes``; ``None`` if the
@@ -197,20 +265,23 @@ class MCPAuthMiddleware:
                 if found is not None:
                     first = found.group()
                     if first != b"{":  # not a JSON object: the rest streams unread
-                        return _Body(messages, may_be_object=False)
+                        return _Replay(messages, receive), False
                     if length > limit:
                         raise _too_large(limit)
             if size > limit:
                 raise _too_large(limit)
             if not message.get("more_body", False):
-                return _Body(messages, may_be_object=first is not None)
+                return _Replay(messages, receive), first is not None
 
     async def _reject(
-        self, scope: Scope, send: Send, headers: RequestHeaders, exc: CredentialRejected
+        self, scope: Scope, send: Send, request_id: bytes | None, exc: CredentialRejected
     ) -> None:
         if self._auditor is not None:
             self._auditor.rejected(
-                exc, method=scope["method"], path=scope["path"], request_id=_request_id(headers)
+                exc,
+                method=scope["method"],
+                path=scope["path"],
+                request_id=_request_id(request_id),
             )
         payload = error_body(exc.message, code=exc.code, param=exc.param)
         await send(
@@ -247,63 +318,64 @@ def _sources_of(config: MCPAuthConfig) -> tuple[MCPCredentialSource, ...]:
     return tuple(ordered)
 
 
-def _body_comes(scope: Scope, headers: RequestHeaders) -> int | None:
-    """Whether a body may come: ``None`` if certainly not, else its declared length (0 when
-    undeclared or declared 0). Only an HTTP/1 GET or HEAD without a Content-Length above 0
-    or a Transfer-Encoding certainly has none: HTTP/2 and later need neither header to send
-    a body, and a body that arrives despite a Content-Length of 0 is read like any other.
-    Raises ``invalid_content_length`` and ``unsupported_content_encoding``."""
-    lengths = headers.values(b"content-length")
-    length = None
-    if lengths:
-        values = {value.strip(b" \t") for value in lengths}
-        if len(values) != 1 or not _CONTENT_LENGTH.fullmatch(next(iter(values))):
-            raise CredentialRejected(INVALID_CONTENT_LENGTH, "Content-Length")
-        length = int(next(iter(values)))
-    if (
-        not length
-        and scope["method"] in _NO_BODY
-        and scope.get("http_version", "1.0") in _HTTP_1
-        and not headers.values(b"transfer-encoding")
-    ):
-        return None
-    for value in headers.values(b"content-encoding"):
-        for coding in value.split(b","):
-            if coding.strip(b" \t").lower() not in (b"", b"identity"):
-                raise CredentialRejected(
-                    UNSUPPORTED_CONTENT_ENCODING, "Content-Encoding", status=415
-                )
-    return length or 0
+def _content_length(values: list[bytes]) -> int:
+    """The declared length; ``-1`` if it is not one plain decimal of at most 18 digits, or
+    several differ."""
+    first = values[0].strip(b" \t")
+    if len(first) > 18 or not first.isdigit() or any(v.strip(b" \t") != first for v in values):
+        return -1
+    return int(first)
 
 
-class _Body:
-    """The messages of a request body as the server sent them; ``repr`` hides their bytes."""
+def _framing_refusal(
+    length: int | None, body: bool, coded: bool, foreign_charset: bool
+) -> CredentialRejected | None:
+    """Refusals of the framing headers: a Content-Length that is not one plain decimal; for
+    a body, a Content-Encoding other than identity, or a charset other than UTF-8/16/32 (some
+    frameworks decode a body with the charset it names, where no ``{`` byte need appear)."""
+    if length == -1:
+        return CredentialRejected(INVALID_CONTENT_LENGTH, "Content-Length")
+    if body and coded:
+        return CredentialRejected(UNSUPPORTED_CONTENT_ENCODING, "Content-Encoding", status=415)
+    if body and foreign_charset:
+        return CredentialRejected(UNSUPPORTED_CHARSET, "Content-Type", status=415)
+    return None
 
-    __slots__ = ("may_be_object", "messages")
 
-    def __init__(self, messages: list[Message], *, may_be_object: bool) -> None:
-        self.messages = messages
-        #: Whether its first significant byte is ``{`` (and it was read whole).
-        self.may_be_object = may_be_object
+def _coded(content_encoding: bytes) -> bool:
+    """Whether a Content-Encoding value names a coding other than identity."""
+    return any(
+        coding.strip(b" \t").lower() not in (b"", b"identity")
+        for coding in content_encoding.split(b",")
+    )
 
-    def data(self) -> bytes:
-        if len(self.messages) == 1:
-            return bytes(self.messages[0].get("body", b""))
-        return b"".join(message.get("body", b"") for message in self.messages)
 
-    def __repr__(self) -> str:
-        return f"<request body: {len(self.messages)} messages>"
+def _foreign_charset(content_type: bytes) -> bool:
+    """Whether a (lower-cased) Content-Type names a charset other than UTF-8/16/32 or ASCII,
+    or mentions ``charset`` in any other way than as a plain parameter."""
+    named = _CHARSET.findall(content_type)
+    return len(named) != content_type.count(b"charset") or any(
+        charset not in _UNICODE for charset in named
+    )
 
 
 class _Replay:
-    """The ``receive`` the application gets: the buffered messages in order, then the
-    server's own (so ``http.disconnect`` still arrives). ``repr`` hides the body."""
+    """The ``receive`` the application gets: the buffered messages as the server sent them,
+    in order, then the server's own (so ``http.disconnect`` still arrives). ``repr`` hides
+    the body, so no traceback that renders locals shows it."""
 
-    __slots__ = ("_pending", "_receive")
+    __slots__ = ("_messages", "_pending", "_receive")
 
     def __init__(self, messages: list[Message], receive: Receive) -> None:
+        self._messages = messages
         self._pending = messages[::-1]
         self._receive = receive
+
+    def data(self) -> bytes:
+        """The buffered body, joined."""
+        if len(self._messages) == 1:
+            return bytes(self._messages[0].get("body", b""))
+        return b"".join(message.get("body", b"") for message in self._messages)
 
     async def __call__(self) -> Message:
         if self._pending:
@@ -311,23 +383,25 @@ class _Replay:
         return await self._receive()
 
     def __repr__(self) -> str:
-        return f"<replayed request body: {len(self._pending)} messages pending>"
+        return f"<request body: {len(self._pending)} of {len(self._messages)} messages pending>"
 
 
-def _as_list(creds: Iterable[MCPCredential], name: str) -> list[MCPCredential]:
-    items = creds if type(creds) is list else list(creds)
+async def _checked(got: Any, name: str) -> list[MCPCredential]:
+    """A custom source's answer (an iterable of credentials, or an awaitable of one)."""
+    if inspect.isawaitable(got):
+        got = await got
+    items = list(got)
     for cred in items:
         if not isinstance(cred, MCPCredential):
             raise TypeError(f"credential source {name!r} returned a {type(cred).__name__}")
     return items
 
 
-def _request_id(headers: RequestHeaders) -> str | None:
+def _request_id(header: bytes | None) -> str | None:
     """asgi-correlation-id's request id, else the first ``X-Request-ID`` (bounded)."""
     value = _correlation_id.get() if _correlation_id is not None else None
     if value:
         return value
-    header = headers.first(b"x-request-id")
     return None if header is None else header[:128].decode("latin-1") or None
 
 
@@ -336,10 +410,10 @@ def _too_large(limit: int) -> CredentialRejected:
     return CredentialRejected(BODY_TOO_LARGE, "body", status=413, message=message)
 
 
-def _names_credentials(parsed: ParsedBody | None) -> bool:
+def _names_credentials(parsed: Body | None) -> bool:
     return parsed is not None and (
         parsed.authorization not in (None, "")
-        or any(tool.authorization not in (None, "") for tool in parsed.tools)
+        or any(t.type == "mcp" and t.authorization not in (None, "") for t in parsed.tools or ())
     )
 
 

@@ -4,7 +4,10 @@ Routers match the *route path*: the request path without the ``root_path`` that 
 --root-path`` or a mounting application put in front of it. So a pattern is matched against
 the route path (as Starlette computes it) and against the full path, each as it is and with
 runs of ``/`` merged and one trailing ``/`` removed (forms that some routers or proxies treat
-as the same route). A request is guarded if any form matches: when in doubt, it is read.
+as the same route). A request is guarded if any form matches, and so is any path holding a
+control character (Starlette's route patterns end in ``$``, which also matches before a final
+newline, so ``/v1/responses%0A`` reaches the ``/v1/responses`` route): when in doubt, it is
+read.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ def path_matcher(patterns: Iterable[str]) -> Callable[[Scope], bool]:
 
     def guards(scope: Scope) -> bool:
         path: str = scope["path"]
+        if path in literal:
+            return True
         root_path: str = scope.get("root_path", "")
-        if not root_path and "//" not in path and not path.endswith("/"):
-            return matches(path)  # the usual request: one form
-        return any(matches(form) for form in _forms(path, root_path))
+        if not root_path and "//" not in path and path[-1:] != "/" and path.isprintable():
+            return glob is not None and glob(path) is not None  # the usual request: one form
+        return not path.isprintable() or any(matches(form) for form in _forms(path, root_path))
 
     return guards

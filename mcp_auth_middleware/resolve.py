@@ -31,6 +31,12 @@ def resolve(
     Per server, the first source that supplies a credential wins; each later source that
     supplies one for the same server is recorded as shadowed.
     """
+    if len(found) == 1:  # one source: nothing to shadow (the usual request)
+        creds = found[0][1]
+        try:
+            return MCPCredentials(creds), tuple([(cred, ()) for cred in creds])
+        except ValueError:
+            pass  # it gave two for one server: the first wins, as below
     winners: dict[tuple[str, str], MCPCredential] = {}
     shadowed: dict[tuple[str, str], list[str]] = {}
     for source, creds in found:

@@ -396,12 +396,12 @@ _TOKEN_VALUES = st.one_of(
 
 @given(_TOKEN_VALUES)
 def test_body_token_rule_is_check_tokens(value: Any) -> None:
-    body = ParsedBody((MCPTool(0, "https://mcp.example.com/mcp", "srv", value, None),))
+    tools = [(0, MCPTool(0, "https://mcp.example.com/mcp", "srv", value, None))]
     expected = check_token(value, require_bearer=False)
     if expected is None:
         with pytest.raises(CredentialRejected) as refused:
-            read_credentials(body)
+            read_credentials(tools, None, None)
         assert refused.value.code == "invalid_authorization"
     else:
-        [cred] = read_credentials(body)
+        [cred] = read_credentials(tools, None, None)
         assert cred.token.get_secret_value() == expected

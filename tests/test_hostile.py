@@ -1456,7 +1456,7 @@ def parsed_verdict(raw: bytes) -> Verdict:
         parsed = parse_body(raw)
     except CredentialRejected as exc:
         return ("refused", exc.code, exc.param)
-    return body_verdict(parsed)
+    return body_verdict(None if parsed is None else ParsedBody.of(parsed))
 
 
 def body_verdict(parsed: ParsedBody | None) -> Verdict:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from mcp_auth_middleware import MCPAuthConfig
 from mcp_auth_middleware.errors import INVALID_BODY, CredentialRejected
+from mcp_auth_middleware.sources.base import ParsedBody
 from mcp_auth_middleware.sources.body import parse_body
 from tests.helpers import PROVIDER_DATA, NothingSource, Recorder, client, make_app
 
@@ -100,21 +101,15 @@ def reference(document: dict[str, Any]) -> Fields:
     )
 
 
-def _position(tool: Any) -> Any:
-    """The tool's index in ``tools`` (the attribute has been called both names)."""
-    position = getattr(tool, "position", None)
-    if position is None or callable(position):
-        position = getattr(tool, "index", None)
-    return position
-
-
-def extracted(parsed: Any) -> Fields:
-    """The same view of what :func:`parse_body` returned."""
+def extracted(decoded: Any) -> Fields:
+    """The same view of what :func:`parse_body` returned (through the view custom sources
+    get, which keeps each MCP tool's place in ``tools``)."""
+    parsed = ParsedBody.of(decoded)
     tools = []
     for tool in parsed.tools:
         tools.append(
             (
-                _position(tool),
+                tool.position,
                 scalar(tool.server_url),
                 scalar(tool.server_label),
                 scalar(tool.authorization),

