@@ -37,7 +37,6 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_auth_middleware import MCPAuthConfig
-from mcp_auth_middleware.sources.body import parse_body
 from tests.test_hostile import (
     Request,
     Rolled,
@@ -46,6 +45,7 @@ from tests.test_hostile import (
     gen_body,
     gen_provider_data,
     gen_request,
+    parsed_verdict,
     provider_data_verdict,
     reference_body,
     reference_provider_data,
@@ -54,17 +54,17 @@ from tests.test_hostile import (
 
 def classify_body(raw: bytes) -> str:
     try:
-        parsed = parse_body(raw)
+        ours = parsed_verdict(raw)
     except Exception as exc:
         return f"CRASH {type(exc).__name__}"
     reference = reference_body(raw)
     if reference is None:
-        if body_verdict(parsed) in (("not-json",), ("read", frozenset())):
+        if ours in (("not-json",), ("read", frozenset()), ("refused", "invalid_body", "body")):
             return "agree: nothing read from a body the app cannot parse"
         return "DIFFER: middleware reads a body the app cannot parse"
-    if parsed is None:
+    if ours == ("not-json",):
         return "DIFFER: app parses a body the middleware does not read"
-    ours, theirs = body_verdict(parsed), body_verdict(reference)
+    theirs = body_verdict(reference)
     if ours != theirs:
         return f"DIFFER: {ours[0]} vs app {theirs[0]}"
     return f"agree: {ours[0]}"

@@ -20,7 +20,7 @@ from mcp_auth_middleware import (
     MCPAuthMiddleware,
     current_credentials,
 )
-from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, MCPTool, ParsedBody, check_token
+from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, MCPTool, check_token
 from mcp_auth_middleware.sources.body import read_credentials
 from tests.helpers import Recorder, client, make_app, mcp_tool
 
