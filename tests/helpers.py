@@ -205,9 +205,10 @@ class Wire:
 class ProbeCall:
     """One call of :class:`ASGIProbe`: what the application was handed."""
 
-    scope: Scope
+    scope: Scope = field(repr=False)
     taken_before: int  # body messages the middleware took from the server before the call
-    messages: list[tuple[bytes, bool]] = field(default_factory=list)
+    # Not in the repr, which pytest prints: the body may hold the sentinel.
+    messages: list[tuple[bytes, bool]] = field(default_factory=list, repr=False)
     fingerprints: list[str] = field(default_factory=list)  # of the credentials in scope
 
     @property

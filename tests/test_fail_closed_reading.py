@@ -17,13 +17,16 @@ as sent, without being buffered.
 from __future__ import annotations
 
 import gzip
+import inspect
 import itertools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import blacksheep
 import pytest
+from blacksheep.server.routing import Router
 from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -108,8 +111,17 @@ class _Responses(BaseModel):
     tools: list[_Tool]
 
 
+# FastAPI's switch for reading a body sent without a Content-Type (newer versions only).
+LENIENT = "strict_content_type" in inspect.signature(FastAPI).parameters
+
+
+def _fastapi_app(*, strict: bool) -> FastAPI:
+    options: dict[str, Any] = {"strict_content_type": strict} if LENIENT else {}
+    return FastAPI(**options)
+
+
 def _fastapi_dict(hits: list[bool], *, strict: bool) -> ASGIApp:
-    app = FastAPI(strict_content_type=strict)
+    app = _fastapi_app(strict=strict)
 
     @app.api_route(PATH, methods=METHODS)
     async def responses(body: dict[str, Any]) -> str:
@@ -154,6 +166,23 @@ def _quart(hits: list[bool], *, force: bool) -> ASGIApp:
     return cast(ASGIApp, app)
 
 
+def _blacksheep(hits: list[bool]) -> ASGIApp:
+    """BlackSheep decodes the body with the charset the Content-Type declares (any codec
+    Python has), then parses it."""
+    app = blacksheep.Application(router=Router())  # not the module-wide default router
+
+    async def responses(request: blacksheep.Request) -> blacksheep.Response:
+        try:
+            document = await request.json()
+        except Exception:
+            return blacksheep.text("unreadable", status=400)
+        hits.append(carries_sentinel(document))
+        return blacksheep.text("ok")
+
+    app.router.add_post(PATH, responses)
+    return cast(ASGIApp, app)
+
+
 def _framework(name: str, build: Callable[[list[bool]], ASGIApp]) -> Framework:
     hits: list[bool] = []
     return Framework(name, build(hits), hits)
@@ -162,11 +191,16 @@ def _framework(name: str, build: Callable[[list[bool]], ASGIApp]) -> Framework:
 FRAMEWORKS = [
     _framework("starlette request.json()", _starlette),
     _framework("fastapi dict body", lambda hits: _fastapi_dict(hits, strict=True)),
-    _framework("fastapi dict body, lenient", lambda hits: _fastapi_dict(hits, strict=False)),
+    *(
+        [_framework("fastapi dict body, lenient", lambda hits: _fastapi_dict(hits, strict=False))]
+        if LENIENT
+        else []
+    ),
     _framework("fastapi pydantic model", _fastapi_model),
     _framework("litestar data: dict", _litestar),
     _framework("quart get_json()", lambda hits: _quart(hits, force=False)),
     _framework("quart get_json(force=True)", lambda hits: _quart(hits, force=True)),
+    _framework("blacksheep request.json()", _blacksheep),
 ]
 GUARDED = {fw.name: MCPAuthMiddleware(fw.app, config=MCPAuthConfig()) for fw in FRAMEWORKS}
 
@@ -209,6 +243,8 @@ PARAMETERS = [
     ", text/plain",
     ",application/json",
     " (comment)",
+    "; charset=cp500",
+    "; charset=utf-7",
 ]
 # JSON's own whitespace and characters str.strip() (not bytes.strip()) takes for whitespace.
 SPACES = ["", " ", "\t", "  ", "\xa0", "\x85", "\u3000", "\u2003", "\x0b", "\x0c", "\x1c", "\r"]
@@ -222,6 +258,8 @@ ENCODINGS = [
     "utf-32",
     "utf-32-le",
     "utf-32-be",
+    "cp500",  # EBCDIC: "{" is 0xC0
+    "utf-7-escaped",  # UTF-7 with "{" written "+AHs-"
 ]
 
 
@@ -267,6 +305,8 @@ class Shape:
         document = smuggling_document(input="héllo ☃ 𝄞")
         document["tools"] = [smuggling_tool(name=self.header_name)]
         text = self.leading + json.dumps(document, ensure_ascii=self.ascii_only)
+        if self.encoding == "utf-7-escaped":
+            return text.encode("utf-7").replace(b"{", b"+AHs-")
         return text.encode(self.encoding)
 
     def chunks(self) -> list[bytes]:
@@ -323,7 +363,12 @@ async def assert_refused_in_front_of_every_framework(shape: Shape, parsed: list[
     for fw in FRAMEWORKS:
         fw.hits.clear()
         answer = await _answer(GUARDED[fw.name], shape)
-        assert (answer.status, answer.code) == (400, AUTHORIZATION_IN_HEADERS), (
+        # Read and refused; or (a charset it cannot read as sent) refused with 415.
+        refused = answer.status == 415 or (answer.status, answer.code) == (
+            400,
+            AUTHORIZATION_IN_HEADERS,
+        )
+        assert refused, (
             f"in front of {fw.name}: answered {answer.status} {answer.code}; "
             f"parsed without the middleware by: {parsed}"
         )
@@ -365,6 +410,9 @@ NAMED_SHAPES = [
     pytest.param(_shape((b"application/json",), "utf-8-sig"), id="utf8-bom"),
     pytest.param(_shape((b"text/plain",), how="chunked"), id="chunked-text"),
     pytest.param(_shape((), how="h2"), id="http2-no-framing-headers"),
+    pytest.param(_shape((b"application/json; charset=cp500",), "cp500"), id="ebcdic-declared"),
+    pytest.param(_shape((b"application/json; charset=cp037",), "cp037"), id="ebcdic-037-declared"),
+    pytest.param(_shape((b"application/json;charset=UTF-7",), "utf-7-escaped"), id="utf7-declared"),
 ]
 
 
@@ -647,7 +695,7 @@ async def test_content_encoding_without_a_body_is_not_refused() -> None:
 
 
 def _real_app(hits: list[bool]) -> ASGIApp:
-    app = FastAPI(strict_content_type=False)
+    app = _fastapi_app(strict=False)
 
     @app.api_route("/fastapi", methods=METHODS)
     async def fastapi_route(body: dict[str, Any]) -> str:
@@ -740,3 +788,24 @@ def test_over_real_http_a_gzip_json_body_is_refused_with_415() -> None:
     assert status == 415
     assert json.loads(answer)["error"]["code"] == UNSUPPORTED_CONTENT_ENCODING
     assert hits == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("charset", ["cp500", "utf-7-escaped"])
+def test_over_real_http_a_body_in_a_declared_charset_is_refused(charset: str) -> None:
+    """BlackSheep decodes with the declared charset: in EBCDIC (cp500) "{" is byte 0xC0, in
+    UTF-7 it may be written "+AHs-"; the first byte is not "{" but the handler gets an
+    object."""
+    shape = _shape((b"application/json; charset=" + charset.encode(),), charset)
+    body = shape.body()
+    headers = [(b"content-type", shape.content_types[0].replace(b"-escaped", b"")), _length(body)]
+    for guarded in (False, True):
+        hits: list[bool] = []
+        app = _blacksheep(hits)
+        with serve(MCPAuthMiddleware(app) if guarded else app) as base_url:
+            status, _ = raw_http(base_url, http_request(PATH, body, headers))
+        if not guarded:
+            assert hits == [True], "BlackSheep does not parse it: the case tests nothing"
+        else:
+            assert status in (400, 415), f"passed on ({status})"
+            assert hits == []

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -221,6 +221,9 @@ PATH_SETTINGS = settings(
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @PATH_SETTINGS
 @given(target=targets())
+@example(target=Target("/api/v1/responses", ""))
+@example(target=Target("/prefix/v1/responses", "/prefix"))
+@example(target=Target("/v1/responses\n", ""))
 async def test_every_request_the_router_sends_to_a_guarded_route_is_read(
     layout: str, target: Target
 ) -> None:
