@@ -91,22 +91,25 @@ def make_mcp_server(tokens: Mapping[str, str]) -> RecordingMCPServer:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any, **options: Any) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL.
 
     The port is chosen by the OS. Start-up and shut-down waits are bounded; open streams
-    (SSE) are cut after a short graceful period.
+    (SSE) are cut after a short graceful period. ``options`` go to ``uvicorn.Config`` (e.g.
+    ``root_path``). The socket comes from ``socket.create_server``, so that asyncio sets
+    TCP_NODELAY on its connections.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = socket.create_server(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
-        log_level="warning",
-        ws="none",
-        lifespan="auto",
-        timeout_graceful_shutdown=1,
+        **{
+            "log_level": "warning",
+            "ws": "none",
+            "lifespan": "auto",
+            "timeout_graceful_shutdown": 1,
+            **options,
+        },
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import secrets
+import socket
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -11,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware import (
     MCPAuthConfig,
@@ -22,6 +26,18 @@ from mcp_auth_middleware import (
 from mcp_auth_middleware.sources.base import SourceRequest
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
+
+# The error codes of the fail-closed rules, as literals: some constants are newer than
+# some versions of ``mcp_auth_middleware.errors``, and a test must fail in its assertions,
+# never at import.
+AUTHORIZATION_IN_HEADERS = "authorization_in_headers"
+AUTHORIZATION_IN_PROVIDER_DATA = "authorization_in_provider_data"
+INVALID_BODY = "invalid_body"
+INVALID_PROVIDER_DATA = "invalid_provider_data"
+TOO_MANY_TOOLS = "too_many_tools"
+INVALID_CONTENT_LENGTH = "invalid_content_length"
+UNSUPPORTED_CONTENT_ENCODING = "unsupported_content_encoding"
+BODY_TOO_LARGE = "body_too_large"
 
 
 class NothingSource:
@@ -122,3 +138,223 @@ def asgi_scope(
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+# --- raw ASGI: every header, message and scope key as the test says ------------------------
+
+#: The token an attacker smuggles in ``tools[i].headers``. Tests compare against it with
+#: ``in`` and ``==`` only, and their messages say where it was found, never what.
+SENTINEL = "sentinel-" + secrets.token_hex(12)
+SMUGGLED_URL = "https://mcp.example.com/mcp"
+
+
+def smuggling_tool(
+    token: str = SENTINEL, *, name: str = "Authorization", url: str = SMUGGLED_URL
+) -> dict[str, Any]:
+    """An MCP tool whose ``headers`` carry an ``Authorization`` (forbidden in the body)."""
+    return {
+        "type": "mcp",
+        "server_label": "srv",
+        "server_url": url,
+        "headers": {name: f"Bearer {token}"},
+    }
+
+
+def smuggling_document(**extra: Any) -> dict[str, Any]:
+    """A Responses request whose ``tools[0]`` is :func:`smuggling_tool`."""
+    return {"model": "m", "input": "hello", "tools": [smuggling_tool()], **extra}
+
+
+def carries_sentinel(document: Any) -> bool:
+    """Whether a parsed body hands the application the smuggled ``Authorization``."""
+    if not isinstance(document, dict):
+        return False
+    tools = document.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return False
+    headers = tools[0].get("headers")
+    return isinstance(headers, dict) and any(
+        isinstance(value, str) and SENTINEL in value for value in headers.values()
+    )
+
+
+class Wire:
+    """The server's side of one request: the body messages, handed out by ``receive`` (then
+    ``http.disconnect``), and how many the middleware and application have taken."""
+
+    def __init__(self, chunks: Sequence[bytes] = (b"",)) -> None:
+        chunks = list(chunks) or [b""]
+        self.messages: list[Message] = [
+            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+            for i, chunk in enumerate(chunks)
+        ]
+        self.taken = 0
+
+    async def receive(self) -> Message:
+        if self.taken < len(self.messages):
+            message = self.messages[self.taken]
+            self.taken += 1
+            return message
+        return {"type": "http.disconnect"}
+
+    def body_messages(self) -> list[tuple[bytes, bool]]:
+        return [(m["body"], m["more_body"]) for m in self.messages]
+
+
+@dataclass
+class ProbeCall:
+    """One call of :class:`ASGIProbe`: what the application was handed."""
+
+    scope: Scope = field(repr=False)
+    taken_before: int  # body messages the middleware took from the server before the call
+    # Not in the repr, which pytest prints: the body may hold the sentinel.
+    messages: list[tuple[bytes, bool]] = field(default_factory=list, repr=False)
+    fingerprints: list[str] = field(default_factory=list)  # of the credentials in scope
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(body for body, _ in self.messages)
+
+
+class ASGIProbe:
+    """A plain ASGI application that records each call. It reads the whole body unless
+    ``read_body`` is false, then answers 200, or raises ``fail`` if given."""
+
+    def __init__(
+        self,
+        wire: Wire | None = None,
+        *,
+        read_body: bool = True,
+        fail: BaseException | None = None,
+    ) -> None:
+        self.wire = wire
+        self.read_body = read_body
+        self.fail = fail
+        self.calls: list[ProbeCall] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = ProbeCall(scope, -1 if self.wire is None else self.wire.taken)
+        call.fingerprints = sorted(c.fingerprint for c in current_credentials())
+        self.calls.append(call)
+        while self.read_body:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            more = bool(message.get("more_body", False))
+            call.messages.append((bytes(message.get("body", b"")), more))
+            if not more:
+                break
+        if self.fail is not None:
+            raise self.fail
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@dataclass
+class Exchange:
+    """What the client got back from one raw ASGI request."""
+
+    status: int | None  # None: nothing was sent
+    body: bytes
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        if self.status is None or self.status < 400:
+            return None
+        try:
+            error = json.loads(self.body)["error"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return error if isinstance(error, dict) else None
+
+    @property
+    def code(self) -> str | None:
+        error = self.error
+        return None if error is None else error.get("code")
+
+    @property
+    def param(self) -> str | None:
+        error = self.error
+        return None if error is None else error.get("param")
+
+
+async def run_asgi(
+    app: ASGIApp,
+    wire: Wire | Sequence[bytes],
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    method: str = "POST",
+    path: str = "/v1/responses",
+    root_path: str = "",
+    http_version: str | None = "1.1",
+) -> Exchange:
+    """One request through ``app`` as an ASGI server would make it, headers exactly as given
+    (no Content-Type or Content-Length added). ``http_version=None`` leaves the key out."""
+    if not isinstance(wire, Wire):
+        wire = Wire(wire)
+    scope = asgi_scope(headers, method=method, path=path)
+    scope["root_path"] = root_path
+    if http_version is None:
+        del scope["http_version"]
+    else:
+        scope["http_version"] = http_version
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, wire.receive, send)
+    status = sent[0]["status"] if sent else None
+    return Exchange(status, b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def framing(body: bytes, how: str) -> tuple[list[tuple[bytes, bytes]], str]:
+    """The headers and HTTP version that announce ``body``: ``length`` (Content-Length),
+    ``chunked`` (Transfer-Encoding) or ``h2`` (HTTP/2: neither header)."""
+    if how == "length":
+        return [(b"content-length", str(len(body)).encode())], "1.1"
+    if how == "chunked":
+        return [(b"transfer-encoding", b"chunked")], "1.1"
+    assert how == "h2"
+    return [], "2"
+
+
+# --- real HTTP: raw bytes on a socket ---------------------------------------------------------
+
+
+def raw_http(base_url: str, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Write ``request`` as is to the server at ``base_url`` (``http://127.0.0.1:port``) and
+    read the answer until the server closes: the status and the body."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        parts = []
+        while chunk := sock.recv(65536):
+            parts.append(chunk)
+    answer = b"".join(parts)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = []
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(data[:size])
+        data = data[size + 2 :]
+    return b"".join(out)
+
+
+def http_request(
+    path: str, body: bytes, headers: Sequence[tuple[bytes, bytes]], method: str = "POST"
+) -> bytes:
+    """An HTTP/1.1 request as bytes, headers exactly as given (plus Host and Connection)."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"host: 127.0.0.1", b"connection: close"]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
