@@ -117,81 +117,50 @@ class MCPAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        # One pass over the headers, for the names read here (ASGI servers lower-case them).
-        lengths: list[bytes] = []
-        chunked = coded = foreign_charset = source_headers = False
-        request_id = None
-        for name, value in scope["headers"]:
-            if name in self._watched:
-                if name == b"content-length":
-                    lengths.append(value)
-                elif name == b"transfer-encoding":
-                    chunked = True
-                elif name == b"content-encoding":
-                    coded = coded or _coded(value)
-                elif name == b"content-type":
-                    lowered = value.lower()
-                    if b"charset" in lowered:
-                        foreign_charset = foreign_charset or _foreign_charset(lowered)
-                elif name == b"x-request-id":
-                    request_id = request_id or value
-                else:
-                    source_headers = True
-        length = _content_length(lengths) if lengths else None
-        # Only an HTTP/1 GET or HEAD without a Content-Length above 0 or a Transfer-Encoding
-        # certainly has no body: HTTP/2 and later need neither header to send one, and a body
-        # that comes despite a Content-Length of 0 is read like any other.
-        body = bool(
-            length
-            or chunked
-            or scope["method"] not in _NO_BODY
-            or scope.get("http_version", "1.0") not in _HTTP_1
-        )
-        if length == -1 or coded or foreign_charset:
-            refusal = _framing_refusal(length, body, coded, foreign_charset)
-            if refusal is not None:
-                await self._reject(scope, send, request_id, refusal)
-                return
-        if not body and not (source_headers or self._asks_every_request):
+        length, source_headers, request_id, refusal = _framing(scope, self._watched)
+        if refusal is None and length is None and not (source_headers or self._asks_every_request):
             await self.app(scope, receive, send)  # no body, and no header a source reads
             return
-        prepared = await self._prepare(
-            scope, receive, send, (length or 0) if body else None, source_headers, request_id
-        )
+        # From here on only ``request`` holds the scope, whose headers may carry a token:
+        # no local of a frame of ours shows it (or the body) in a traceback that renders
+        # locals (Sentry's, structlog's ``dict_tracebacks``) while a source, the audit log or
+        # the application runs or raises.
+        request = SourceRequest(scope, scope["method"], scope["path"])
+        del scope
+        if refusal is not None:
+            await self._reject(request, send, request_id, refusal)
+            return
+        prepared = await self._prepare(request, receive, send, length, source_headers, request_id)
         if prepared is None:
             return  # refused (answered), or the client went away
-        scope, replay, credentials = prepared
+        replay, credentials = prepared
         del prepared
         if not credentials:
-            await self.app(scope, replay, send)
+            await self.app(request.scope, replay, send)
             return
-        # No local of this frame holds the body or a bare token while the application runs:
-        # ``replay`` and ``credentials`` hide theirs from repr (and so from tracebacks that
-        # render locals, such as Sentry's or structlog's ``dict_tracebacks``).
         token = _credentials.set(credentials)
         try:
-            await self.app(scope, replay, send)
+            await self.app(request.scope, replay, send)
         finally:
             _credentials.reset(token)
 
     async def _prepare(
         self,
-        scope: Scope,
+        request: SourceRequest,
         receive: Receive,
         send: Send,
         length: int | None,
         source_headers: bool,
         request_id: bytes | None,
-    ) -> tuple[Scope, Receive, MCPCredentials] | None:
+    ) -> tuple[Receive, MCPCredentials] | None:
         """Read the body, ask the sources, resolve, audit; redact if asked to. What the
-        application gets, or ``None`` if the request was answered (refused) or the client
-        went away. Its frame is gone before the application runs.
+        application gets (``request.scope`` is replaced when the body is redacted), or
+        ``None`` if the request was answered (refused) or the client went away.
 
         ``length`` is the declared body length (0: undeclared; ``None``: no body can come),
         ``source_headers`` whether a header the provider-data source reads is present.
         """
-        replay = receive
-        parsed: Body | None = None
+        replay: Receive = receive
         body: _Replay | None = None
         try:
             if self._reads_body and length is not None:
@@ -200,10 +169,9 @@ class MCPAuthMiddleware:
                     return None  # http.disconnect: nobody is left to answer
                 replay = body = read[0]
                 if read[1]:  # it may be a JSON object, and it was read whole
-                    parsed = parse_body(body.data(), max_tools=self._max_tools)
-            if parsed is None and not (source_headers or self._asks_every_request):
-                return scope, replay, EMPTY_CREDENTIALS  # nothing any source could read
-            request = SourceRequest(scope, scope["method"], scope["path"], decoded=parsed)
+                    request.decoded = parse_body(body.data(), max_tools=self._max_tools)
+            if request.decoded is None and not (source_headers or self._asks_every_request):
+                return replay, EMPTY_CREDENTIALS  # nothing any source could read
             found: list[tuple[str, list[MCPCredential]]] = []
             for source, custom, own_headers_only in self._sources:
                 if own_headers_only and not source_headers:
@@ -214,32 +182,30 @@ class MCPAuthMiddleware:
                 if got:
                     found.append((source.name, got))
         except CredentialRejected as exc:
-            await self._reject(scope, send, request_id, exc)
+            await self._reject(request, send, request_id, exc)
             return None
         credentials, resolved = resolve(found) if found else (EMPTY_CREDENTIALS, ())
         if self._auditor is not None and resolved:
             self._auditor.resolved(
                 resolved,
-                method=scope["method"],
-                path=scope["path"],
+                method=request.method,
+                path=request.path,
                 request_id=_request_id(request_id),
             )
-        if self.config.redact_body and body is not None and _names_credentials(parsed):
+        if self.config.redact_body and body is not None and _names_credentials(request.decoded):
             try:
                 redacted = _redact(body.data())
             except (ValueError, RecursionError):
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
                 invalid = CredentialRejected(INVALID_BODY, "body", source="body")
-                await self._reject(scope, send, request_id, invalid)
+                await self._reject(request, send, request_id, invalid)
                 return None
             declared = (b"content-length", str(len(redacted)).encode())
-            scope = {
-                **scope,
-                "headers": [*((k, v) for k, v in scope["headers"] if k != declared[0]), declared],
-            }
+            headers = [(k, v) for k, v in request.scope["headers"] if k != declared[0]]
+            request.scope = {**request.scope, "headers": [*headers, declared]}
             replay = _Replay([{"type": "http.request", "body": redacted}], receive)
-        return scope, replay, credentials
+        return replay, credentials
 
     async def _read(self, receive: Receive, length: int) -> tuple[_Replay, bool] | None:
         """The body's first messages, and all of them if it may be a JSON object (then
@@ -274,14 +240,15 @@ class MCPAuthMiddleware:
                 return _Replay(messages, receive), first is not None
 
     async def _reject(
-        self, scope: Scope, send: Send, request_id: bytes | None, exc: CredentialRejected
+        self,
+        request: SourceRequest,
+        send: Send,
+        request_id: bytes | None,
+        exc: CredentialRejected,
     ) -> None:
         if self._auditor is not None:
             self._auditor.rejected(
-                exc,
-                method=scope["method"],
-                path=scope["path"],
-                request_id=_request_id(request_id),
+                exc, method=request.method, path=request.path, request_id=_request_id(request_id)
             )
         payload = error_body(exc.message, code=exc.code, param=exc.param)
         await send(
@@ -295,6 +262,58 @@ class MCPAuthMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def _framing(
+    scope: Scope, watched: frozenset[bytes]
+) -> tuple[int | None, bool, bytes | None, CredentialRejected | None]:
+    """One pass over the headers, for the names the middleware reads (ASGI servers lower-case
+    them): the declared body length (0: undeclared; ``None``: no body can come), whether a
+    header the provider-data source reads is present, the request id, and a refusal.
+
+    Only an HTTP/1 GET or HEAD without a Content-Length above 0 or a Transfer-Encoding
+    certainly has no body: HTTP/2 and later need neither header to send one, and a body that
+    comes despite a Content-Length of 0 is read like any other. Refused: a Content-Length
+    that is not one plain decimal; for a body, a Content-Encoding other than identity, or a
+    charset other than UTF-8/16/32 (some frameworks decode a body with the charset it names,
+    where no ``{`` byte need appear).
+    """
+    lengths: list[bytes] = []
+    chunked = coded = foreign_charset = source_headers = False
+    request_id = None
+    for name, value in scope["headers"]:
+        if name in watched:
+            if name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"content-encoding":
+                coded = coded or _coded(value)
+            elif name == b"content-type":
+                lowered = value.lower()
+                if b"charset" in lowered:
+                    foreign_charset = foreign_charset or _foreign_charset(lowered)
+            elif name == b"x-request-id":
+                request_id = request_id or value
+            else:
+                source_headers = True
+    length = _content_length(lengths) if lengths else None
+    if length == -1:
+        invalid = CredentialRejected(INVALID_CONTENT_LENGTH, "Content-Length")
+        return None, source_headers, request_id, invalid
+    if not (
+        length
+        or chunked
+        or scope["method"] not in _NO_BODY
+        or scope.get("http_version", "1.0") not in _HTTP_1
+    ):
+        return None, source_headers, request_id, None
+    refusal: CredentialRejected | None = None
+    if coded:
+        refusal = CredentialRejected(UNSUPPORTED_CONTENT_ENCODING, "Content-Encoding", status=415)
+    elif foreign_charset:
+        refusal = CredentialRejected(UNSUPPORTED_CHARSET, "Content-Type", status=415)
+    return length or 0, source_headers, request_id, refusal
 
 
 def _sources_of(config: MCPAuthConfig) -> tuple[MCPCredentialSource, ...]:
@@ -325,21 +344,6 @@ def _content_length(values: list[bytes]) -> int:
     if len(first) > 18 or not first.isdigit() or any(v.strip(b" \t") != first for v in values):
         return -1
     return int(first)
-
-
-def _framing_refusal(
-    length: int | None, body: bool, coded: bool, foreign_charset: bool
-) -> CredentialRejected | None:
-    """Refusals of the framing headers: a Content-Length that is not one plain decimal; for
-    a body, a Content-Encoding other than identity, or a charset other than UTF-8/16/32 (some
-    frameworks decode a body with the charset it names, where no ``{`` byte need appear)."""
-    if length == -1:
-        return CredentialRejected(INVALID_CONTENT_LENGTH, "Content-Length")
-    if body and coded:
-        return CredentialRejected(UNSUPPORTED_CONTENT_ENCODING, "Content-Encoding", status=415)
-    if body and foreign_charset:
-        return CredentialRejected(UNSUPPORTED_CHARSET, "Content-Type", status=415)
-    return None
 
 
 def _coded(content_encoding: bytes) -> bool:

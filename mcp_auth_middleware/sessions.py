@@ -38,7 +38,13 @@ from mcp_types import INVALID_REQUEST
 from mcp_auth_middleware.context import current_credentials, use_credentials
 from mcp_auth_middleware.credentials import MCPCredential
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
-from mcp_auth_middleware.urls import ServerURL, is_loopback_host, parse_server_url, path_is_prefix
+from mcp_auth_middleware.urls import (
+    ServerURL,
+    is_loopback_host,
+    parse_server_url,
+    path_is_prefix,
+    redacted_url,
+)
 
 __all__ = [
     "SESSIONS_LOGGER",
@@ -129,6 +135,12 @@ class _Key(NamedTuple):
     # A digest of the extra headers: one caller may send the same token with and without
     # them (body vs provider data), and each variant keeps a session of its own.
     headers: str | None = None
+
+    def __repr__(self) -> str:  # the URL's query may hold a secret
+        return (
+            f"_Key(server={redacted_url(self.server)!r}, fingerprint={self.fingerprint!r}, "
+            f"headers={self.headers!r})"
+        )
 
 
 def _headers_digest(cred: MCPCredential | None) -> str | None:

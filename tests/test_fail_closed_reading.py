@@ -304,7 +304,9 @@ class Shape:
     def body(self) -> bytes:
         document = smuggling_document(input="héllo ☃ 𝄞")
         document["tools"] = [smuggling_tool(name=self.header_name)]
-        text = self.leading + json.dumps(document, ensure_ascii=self.ascii_only)
+        # A charset that cannot hold every character gets them escaped.
+        ascii_only = self.ascii_only or self.encoding.startswith("cp")
+        text = self.leading + json.dumps(document, ensure_ascii=ascii_only)
         if self.encoding == "utf-7-escaped":
             return text.encode("utf-7").replace(b"{", b"+AHs-")
         return text.encode(self.encoding)

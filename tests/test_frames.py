@@ -38,7 +38,8 @@ from mcp_auth_middleware import (
     MCPCredentials,
     SourceRequest,
 )
-from mcp_auth_middleware.sources.body import decode_body, parse_body
+from mcp_auth_middleware.sources.base import ParsedBody
+from mcp_auth_middleware.sources.body import parse_body
 from tests.helpers import PROVIDER_DATA, SENTINEL, ASGIProbe, NothingSource, mcp_tool, run_asgi
 
 URL: Final = "https://mcp.example.com/mcp"
@@ -343,10 +344,9 @@ def test_each_renderer_finds_a_token_and_the_body_in_a_frame_that_holds_them(
 def _decoded_objects() -> dict[str, object]:
     """Every object of the middleware that holds a body token, by name."""
     raw = body()
-    envelope = decode_body(raw)
-    parsed = parse_body(raw)
+    envelope = parse_body(raw)
     assert envelope is not None
-    assert parsed is not None
+    parsed = ParsedBody.of(envelope)
     credential = MCPCredential(token=SENTINEL, source="body", server_url=URL)
     return {
         "decoded body": envelope,

@@ -31,6 +31,7 @@ from mcp_auth_middleware import (
     use_credentials,
 )
 from mcp_auth_middleware.sessions import MCPSessionPool
+from mcp_auth_middleware.sources.base import ParsedBody
 from mcp_auth_middleware.sources.body import parse_body
 from mcp_auth_middleware.urls import parse_server_url
 from tests.helpers import ASGIProbe, mcp_tool, run_asgi
@@ -100,11 +101,14 @@ def shown(objects: dict[str, Any], url: SecretURL) -> list[str]:
 
 def objects_holding(url: str) -> dict[str, Any]:
     credential = MCPCredential(token="repr-token", source="body", server_url=url)
-    parsed = parse_body(json.dumps({"tools": [mcp_tool(url, "repr-token")]}).encode())
-    assert parsed is not None
+    decoded = parse_body(json.dumps({"tools": [mcp_tool(url, "repr-token")]}).encode())
+    assert decoded is not None
+    parsed = ParsedBody.of(decoded)
     return {
         "MCPCredential": credential,
         "MCPCredentials": MCPCredentials([credential]),
+        "decoded body": decoded,
+        "decoded tool": (decoded.tools or [])[0],
         "ParsedBody": parsed,
         "MCPTool": parsed.tools[0],
         "SourceRequest": SourceRequest({"type": "http", "headers": []}, "POST", "/", body=parsed),
