@@ -28,7 +28,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing.audit import AuditLog, capture_audit, write_json_lines
-from mcp_auth_middleware.testing.serve import listening_socket, serve, serve_async
 from mcp_auth_middleware.testing.server import (
     PUBLIC_HEADERS,
     Call,
@@ -37,6 +36,7 @@ from mcp_auth_middleware.testing.server import (
     TokenMap,
     Transport,
 )
+from mcp_auth_middleware.testing.serving import listening_socket, serve, serve_async
 
 __all__ = [
     "PUBLIC_HEADERS",

@@ -32,7 +32,7 @@ from pydantic import AnyHttpUrl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware.credentials import fingerprint
-from mcp_auth_middleware.testing.serve import listening_socket, serve
+from mcp_auth_middleware.testing.serving import listening_socket, serve
 
 __all__ = [
     "PUBLIC_HEADERS",

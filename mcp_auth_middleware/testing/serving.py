@@ -5,7 +5,7 @@ without blocking the event loop) yield the base URL, ``http://127.0.0.1:<port>``
 and shut-down are bounded: a server that has not started within ``startup_timeout`` raises
 ``RuntimeError``; on the way out, open connections get one second to finish (uvicorn's
 graceful shut-down), then are cut, and the thread is waited for at most ``shutdown_timeout``
-seconds twice (the second time after a forced exit).
+seconds twice (the second time after a forced exit). An idle server stops in about 0.1 s.
 
 The listening socket is created with ``IPPROTO_TCP``. asyncio sets ``TCP_NODELAY`` on an
 accepted connection only when its socket says so; a socket made with protocol 0 (what
@@ -16,11 +16,12 @@ body back until the headers are acknowledged).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, Final
 
 import anyio.to_thread
@@ -49,6 +50,31 @@ def listening_socket() -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, woken as soon as it is asked to exit. uvicorn's own ``main_loop``
+    sleeps 0.1 s between looks at ``should_exit``, which made every stop wait 50 ms on
+    average; this one is the same loop waiting on an event instead."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+
+    def exit_soon(self) -> None:
+        """Ask the server to exit, from any thread."""
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with suppress(RuntimeError):  # the loop has closed already
+                loop.call_soon_threadsafe(wake.set)
+
+
 class _Running:
     """One uvicorn server in its thread, on ``sock``."""
 
@@ -69,7 +95,7 @@ class _Running:
         }
         self.sock, self.shutdown_timeout = sock, shutdown_timeout
         self.startup_timeout = startup_timeout
-        self.server = uvicorn.Server(uvicorn.Config(app, **settings))
+        self.server = _Server(uvicorn.Config(app, **settings))
         port: int = sock.getsockname()[1]
         self.url = f"http://{HOST}:{port}"
         self.error: BaseException | None = None  # what ended the server's thread, if raised
@@ -99,7 +125,7 @@ class _Running:
     def stop(self, *, check: bool = True) -> None:
         """Stop the server; with ``check``, raise if its thread is still running after the
         forced exit (without, when another exception is already on its way out)."""
-        self.server.should_exit = True
+        self.server.exit_soon()
         if self.thread.ident is not None:
             self.thread.join(self.shutdown_timeout)
             if self.thread.is_alive():  # pragma: no cover - a connection that never ends
