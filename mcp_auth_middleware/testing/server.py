@@ -242,6 +242,7 @@ class RecordingMCPServer:
         return self._recording(self.server.sse_app())
 
     def app(self, transport: Transport = "streamable-http") -> ASGIApp:
+        """:meth:`streamable_http_app` or :meth:`sse_app`, by name."""
         if transport == "sse":
             return self.sse_app()
         return self.streamable_http_app()
