@@ -9,15 +9,20 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 all: test
 
+# pip's output goes to $(VENV)/pip.log (its tail is shown if it fails); a dot a second meanwhile.
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV) (first run, or after pyproject.toml changed; about 30 s)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@( $(BIN)/python -m pip install --upgrade pip && \
+	   $(BIN)/python -m pip install -e '.[dev]' ) > $(VENV)/pip.log 2>&1 & pid=$$!; \
+	while kill -0 $$pid 2>/dev/null; do printf .; sleep 1; done; echo; \
+	wait $$pid || { tail -n 40 $(VENV)/pip.log; echo "pip failed: see $(VENV)/pip.log"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
 
-## The main job: a real MCP server and a gateway on 127.0.0.1, two callers, then exit 0.
+## The main job: two real MCP servers and a gateway on 127.0.0.1, three callers (body,
+## provider data, both), then exit 0 if each token reached only its own server.
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 

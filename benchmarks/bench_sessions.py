@@ -1,6 +1,6 @@
 """MCP session reuse through the example gateway: ``MCPSessionPool`` vs a new session per request.
 
-Four processes on 127.0.0.1: the recording MCP server (``examples.mcp_server``), the gateway
+Four processes on 127.0.0.1: the testing kit's recording MCP server, the gateway
 (``examples.gateway``) twice, with ``reuse_sessions=True`` and ``False``, and this one, the
 load client (``httpx``). A measured call is ``POST /v1/tool-runtime/invoke`` of ``whoami``
 with the caller's token: one MCP ``tools/call``, on the caller's pooled session or on a
@@ -61,9 +61,9 @@ def serve(kind: str, mcp_url: str = "", mode: str = "reuse") -> None:
     from fastapi import FastAPI
 
     from examples.gateway import create_app
-    from examples.mcp_server import make_mcp_server
-    from examples.mcp_server import serve as serve_app
     from mcp_auth_middleware import MCPAuthConfig
+    from mcp_auth_middleware.testing import RecordingMCPServer
+    from mcp_auth_middleware.testing import serve as serve_app
 
     # Audit and session events stay on (as deployed) but are filtered out, not printed.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
@@ -72,7 +72,7 @@ def serve(kind: str, mcp_url: str = "", mode: str = "reuse") -> None:
 
     app: Any
     if kind == "mcp":
-        app = make_mcp_server(USERS).server.streamable_http_app()
+        app = RecordingMCPServer(USERS).streamable_http_app()
     else:
         gateway: FastAPI = create_app(
             MCPAuthConfig(), tool_servers={TOOL: mcp_url}, reuse_sessions=MODES[mode]

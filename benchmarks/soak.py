@@ -4,9 +4,9 @@ The gateway (``examples.gateway_app:create_gateway``, i.e. ``examples.gateway.cr
 with ``MCP_AUTH_SERVER_HEADERS=true``) runs in its own process group under
 ``python -m uvicorn ... --factory --host 127.0.0.1 --port <free>`` (``--workers N`` when
 asked), so its resident memory and CPU time are measured alone (psutil). The MCP server
-(``examples.mcp_server``, whose ``whoami`` tool records the user of every call) runs under
-uvicorn in a thread of this process, behind a recorder that notes, for every HTTP request it
-gets, the user of its bearer token and the user that opened its MCP session.
+(the testing kit's ``RecordingMCPServer``, whose ``whoami`` tool records the user of every
+call) runs under uvicorn in a thread of this process, behind a recorder that notes, for every
+HTTP request it gets, the user of its bearer token and the user that opened its MCP session.
 
 ``concurrency`` client loops share one keep-alive connection pool; loop ``k`` sends as the
 users ``u`` with ``u % concurrency == k``, so the requests in flight at any moment belong to
@@ -71,13 +71,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from examples.gateway_app import WORKER_HEADER
-from examples.mcp_server import RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_HEADERS,
     CONFLICTING_CREDENTIALS,
     INVALID_AUTHORIZATION,
     INVALID_PROVIDER_DATA,
 )
+from mcp_auth_middleware.testing import RecordingMCPServer, serve
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 LABEL: Final = "whoami"
@@ -648,8 +648,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     warmup = args.warmup if args.warmup is not None else min(1000, args.requests // 10)
     stats, mem = Stats(), Memory()
-    mcp: RecordingMCPServer = make_mcp_server(dict(zip(users.tokens, users.names, strict=True)))
-    recorder = MCPRecorder(mcp.server.streamable_http_app(), mcp.tokens)
+    mcp = RecordingMCPServer(dict(zip(users.tokens, users.names, strict=True)))
+    recorder = MCPRecorder(mcp.streamable_http_app(), mcp.tokens)
     logdir = Path(tempfile.mkdtemp(prefix="soak-"))
     log = logdir / "gateway.log"
     # On the way out the gateway stops first: its connections to the MCP server close.

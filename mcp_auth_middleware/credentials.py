@@ -241,7 +241,8 @@ class MCPCredential:
 
 class MCPCredentials:
     """The immutable set of credentials one request carries: at most one per server (by
-    normalised URL), per label, and one unbound :attr:`default`.
+    normalised URL), one per label among those known only by a label (case-insensitively),
+    and one unbound :attr:`default`.
 
     Iterating yields every credential, the default included; :meth:`for_server` looks one up
     by server URL (normalised) or by server label.
@@ -258,6 +259,7 @@ class MCPCredentials:
         by_url: dict[str, MCPCredential] = {}
         by_label: dict[str, MCPCredential] = {}
         default: MCPCredential | None = None
+        label_only: set[str] = set()
         for cred in items:
             if not isinstance(cred, MCPCredential):
                 raise TypeError(f"expected MCPCredential items, got a {type(cred).__name__}")
@@ -269,6 +271,10 @@ class MCPCredentials:
                 if default is not None:
                     raise ValueError("two default credentials")
                 default = cred
+            elif cred._server_label.casefold() in label_only:
+                raise ValueError("two credentials known only by the same label")
+            else:
+                label_only.add(cred._server_label.casefold())
             if cred._server_label is not None:
                 by_label.setdefault(cred._server_label, cred)
         self._items = items

@@ -1,15 +1,17 @@
-"""Shared fixtures: an asyncio anyio backend, a structlog capture, context hygiene."""
+"""Shared fixtures: an asyncio anyio backend, a structlog capture, context hygiene; the
+testing kit's fixtures (``mcp_server``, ``mcp_server_factory``, ``mcp_audit_log``) loaded
+the way an integrator loads them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
 
 import pytest
-import structlog
-from structlog.testing import LogCapture
 
 from mcp_auth_middleware import current_credentials
+from mcp_auth_middleware.testing import AuditLog
+
+pytest_plugins = ["pytester", "mcp_auth_middleware.testing.pytest_plugin"]
 
 
 @pytest.fixture
@@ -26,13 +28,7 @@ def _no_credentials_outside_requests() -> Iterator[None]:
 
 
 @pytest.fixture
-def audit_log() -> Iterator[list[dict[str, Any]]]:
-    """The structlog events emitted during the test (audit events included)."""
-    capture = LogCapture()
-    old = structlog.get_config()
-    structlog.configure(processors=[capture], cache_logger_on_first_use=False)
-    try:
-        # LogCapture types its entries loosely; they are plain dicts.
-        yield cast(list[dict[str, Any]], capture.entries)
-    finally:
-        structlog.configure(**old)
+def audit_log(mcp_audit_log: AuditLog) -> AuditLog:
+    """The structlog events emitted during the test (audit events included): the kit's
+    ``mcp_audit_log`` under the name the tests use."""
+    return mcp_audit_log

@@ -1,9 +1,10 @@
 """End to end with the real client SDKs: openai / llama-stack-client -> gateway -> MCP server.
 
 Everything runs on 127.0.0.1 under uvicorn: ``examples.gateway`` (FastAPI with
-``MCPAuthMiddleware``) and ``examples.mcp_server``, a real MCP server that verifies bearer
-tokens and records which user each tool call came from. The callers use the SDKs exactly as
-their users would; the MCP server's answer and its record say whose token arrived.
+``MCPAuthMiddleware``) and the testing kit's ``RecordingMCPServer``, a real MCP server that
+verifies bearer tokens and records which user each tool call came from. The callers use the
+SDKs exactly as their users would; the MCP server's answer and its record say whose token
+arrived.
 
 The gateway reuses MCP sessions (``MCPSessionPool``) unless told not to; the tests whose path
 differs between the two run with both (``reuse`` and ``per-request``).
@@ -47,7 +48,6 @@ from starlette.routing import Route
 
 from examples import gateway as gateway_module
 from examples.gateway import MCPSessions, create_app
-from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import (
     CREDENTIAL_REJECTED,
     CREDENTIAL_RESOLVED,
@@ -56,6 +56,8 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.errors import AUTHORIZATION_IN_HEADERS, AUTHORIZATION_IN_PROVIDER_DATA
+from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
+from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +72,13 @@ BOTH_MODES = pytest.mark.parametrize("reuse_sessions", [True, False], ids=["reus
 
 
 @pytest.fixture
-def mcp() -> RecordingMCPServer:
-    return make_mcp_server(USERS)
+def mcp(mcp_server_factory: MCPServerFactory) -> RecordingMCPServer:
+    return mcp_server_factory(USERS)
 
 
 @pytest.fixture
-def mcp_url(mcp: RecordingMCPServer) -> Iterator[str]:
-    with serve(mcp.server.streamable_http_app()) as base:
-        yield f"{base}/mcp"
+def mcp_url(mcp: RecordingMCPServer) -> str:
+    return mcp.url
 
 
 def _gateway(mcp_url: str, config: MCPAuthConfig) -> Any:
@@ -176,6 +177,10 @@ def test_openai_tool_authorization_reaches_the_mcp_server_as_its_user(
         "completed",
     )
     assert mcp.calls == [Call(user="alice", tool="whoami")]
+    # Every HTTP request the server got (handshake, listing, call, stream) carried alice's.
+    assert {(r.auth, r.user, r.token) for r in mcp.requests} == {
+        ("accepted", "alice", fingerprint(ALICE))
+    }
     assert ALICE not in response.model_dump_json()  # the echoed tools carry no token
 
 
@@ -247,6 +252,9 @@ def test_mcp_servers_401_is_an_mcp_call_error_never_a_retry_as_someone_else(
     # Only alice's own call ran; the refused token is the only one the server turned down.
     assert mcp.calls == [Call(user="alice", tool="whoami")]
     assert set(mcp.rejected) == (set() if token is None else {fingerprint(token)})
+    # At the HTTP level too: after alice's request, only the caller's own token (or none).
+    later = {(r.auth, r.token) for r in mcp.requests if r.user != "alice"}
+    assert later == ({("absent", None)} if token is None else {("refused", fingerprint(token))})
     pool = _sessions(gateway_app).pool
     assert pool is None or len(pool) == 1  # alice's
 
@@ -287,6 +295,7 @@ def test_llama_stack_provider_data_reaches_the_mcp_server_as_its_user(
     calls = [item for item in response.output if item.type == "mcp_call"]
     assert [(c.output, c.error) for c in calls] == [("bob", None)]
     assert mcp.calls == [Call(user="bob", tool="whoami")]
+    assert mcp.tokens_seen == {fingerprint(BOB)}
 
 
 @pytest.mark.parametrize("with_endpoint", [False, True], ids=["configured-server", "mcp_endpoint"])

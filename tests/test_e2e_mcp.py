@@ -28,9 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import MCPAuthMiddleware, MCPBearerAuth, current_credentials
 from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
+from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from mcp_auth_middleware.urls import normalize_server_url
 from tests.helpers import mcp_tool, provider_data
 
@@ -184,19 +185,17 @@ class Upstream:
 
 
 @pytest.fixture
-def mcp_http() -> Iterator[Upstream]:
+def mcp_http(mcp_server_factory: MCPServerFactory) -> Upstream:
     """A real MCP server, streamable HTTP at ``/mcp``."""
-    mcp = make_mcp_server(USERS)
-    with serve(mcp.server.streamable_http_app()) as base_url:
-        yield Upstream(mcp, base_url + "/mcp")
+    mcp = mcp_server_factory(USERS)
+    return Upstream(mcp, mcp.url)
 
 
 @pytest.fixture
-def mcp_sse() -> Iterator[Upstream]:
+def mcp_sse(mcp_server_factory: MCPServerFactory) -> Upstream:
     """A real MCP server, SSE at ``/sse`` (messages posted to ``/messages/?session_id=...``)."""
-    mcp = make_mcp_server(USERS)
-    with serve(mcp.server.sse_app()) as base_url:
-        yield Upstream(mcp, base_url + "/sse")
+    mcp = mcp_server_factory(USERS, transport="sse")
+    return Upstream(mcp, mcp.url)
 
 
 @pytest.fixture
@@ -291,6 +290,9 @@ async def test_each_server_gets_only_the_token_given_for_it(
     assert [item.get("output") for item in answer["output"]] == ["alice", "bob"]
     assert mcp_http.users == ["alice"]
     assert mcp_sse.users == ["bob"]
+    # Each server's own record of every HTTP request: its own token, never the other's.
+    assert mcp_http.mcp.tokens_seen == {fingerprint(ALICE)}
+    assert mcp_sse.mcp.tokens_seen == {fingerprint(BOB)}
     for hop in answer["hops"]:
         expected = ALICE if hop["path"] == "/mcp" else BOB
         assert hop["token"] == fingerprint(expected), hop

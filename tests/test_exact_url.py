@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from examples.mcp_server import make_mcp_server, serve
 from mcp_auth_middleware import MCPBearerAuth, MCPCredential, use_credentials
 from mcp_auth_middleware.sessions import MCPSessionPool
+from mcp_auth_middleware.testing import RecordingMCPServer
 from mcp_auth_middleware.urls import normalize_server_url
 
 H = "https://h.example.com"
@@ -143,8 +143,9 @@ BOB = "exact-url-bob-token"
 @pytest.mark.anyio
 @pytest.mark.parametrize("query_first", [False, True], ids=["plain-first", "query-first"])
 async def test_a_real_pool_reaches_the_server_as_the_exact_urls_user(query_first: bool) -> None:
-    mcp = make_mcp_server({ALICE: "alice", BOB: "bob"})
-    with serve(mcp.server.streamable_http_app()) as base_url:
+    mcp = RecordingMCPServer({ALICE: "alice", BOB: "bob"})
+    with mcp.running() as endpoint:
+        base_url = endpoint.removesuffix("/mcp")
         plain, tenant = f"{base_url}/mcp", f"{base_url}/mcp?tenant=a"
         given_creds = [
             MCPCredential(token=ALICE, source="body", server_url=plain),

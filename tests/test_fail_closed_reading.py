@@ -42,9 +42,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from examples.mcp_server import serve
 from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware
 from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.testing import serve
 from tests.helpers import (
     AUTHORIZATION_IN_HEADERS,
     INVALID_PROVIDER_DATA,

@@ -35,7 +35,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.testing import LogCapture
 
-from examples.mcp_server import serve
 from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
@@ -43,6 +42,7 @@ from mcp_auth_middleware import (
     current_credentials,
 )
 from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.testing import serve
 from tests.test_hostile import http_scope, jbody, tool
 
 TOKEN_A: Final = "fault-caller-a-token-1234567890"

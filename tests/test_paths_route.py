@@ -28,8 +28,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from examples.mcp_server import serve
 from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware
+from mcp_auth_middleware.testing import serve
 from tests.helpers import (
     AUTHORIZATION_IN_HEADERS,
     Exchange,

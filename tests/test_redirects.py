@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from examples.mcp_server import serve
 from mcp_auth_middleware import MCPBearerAuth, MCPCredential, use_credentials
 from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.testing import serve
 
 pytestmark = pytest.mark.e2e
 

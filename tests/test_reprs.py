@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from examples.mcp_server import make_mcp_server, serve
 from mcp_auth_middleware import (
     MCPAuthMiddleware,
     MCPBearerAuth,
@@ -33,6 +32,7 @@ from mcp_auth_middleware import (
 from mcp_auth_middleware.sessions import MCPSessionPool
 from mcp_auth_middleware.sources.base import ParsedBody
 from mcp_auth_middleware.sources.body import parse_body
+from mcp_auth_middleware.testing import RecordingMCPServer
 from mcp_auth_middleware.urls import parse_server_url
 from tests.helpers import ASGIProbe, mcp_tool, run_asgi
 
@@ -202,8 +202,9 @@ QUERY_SECRET = "QzQuerySecret9876543210"
 @pytest.mark.e2e
 @pytest.mark.anyio
 async def test_a_pool_holding_a_session_to_a_secret_url_shows_no_secret() -> None:
-    mcp = make_mcp_server({"pool-repr-token": "alice"})
-    with serve(mcp.server.streamable_http_app()) as base_url:
+    mcp = RecordingMCPServer({"pool-repr-token": "alice"})
+    with mcp.running() as endpoint:
+        base_url = endpoint.removesuffix("/mcp")
         host = base_url.removeprefix("http://")
         url = SecretURL(
             f"http://user:{USER_SECRET}@{host}/mcp?api_key={QUERY_SECRET}",

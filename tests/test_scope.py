@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
@@ -14,7 +12,6 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -33,6 +30,7 @@ from mcp_auth_middleware import (
     current_credentials,
     use_credentials,
 )
+from mcp_auth_middleware.testing import serve
 from tests.helpers import asgi_scope, client, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -432,33 +430,14 @@ async def test_concurrent_requests_each_see_only_their_own_token(
 @pytest.fixture
 def live_server() -> Iterator[str]:
     """uvicorn serving the interleaving app on 127.0.0.1 (a free port) in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
+    with serve(
         interleaving_app(seed=2),
-        log_level="warning",
         lifespan="off",
-        ws="none",
         http="h11",
         loop="asyncio",
         backlog=N_SOCKET_REQUESTS * 2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(1000):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    assert not thread.is_alive(), "uvicorn did not shut down"
+    ) as base_url:
+        yield base_url
 
 
 @pytest.mark.anyio

@@ -1,9 +1,10 @@
 """MCPSessionPool: MCP sessions reused across requests only with the credential that opened them.
 
-Against a real MCP server (``examples.mcp_server``) on 127.0.0.1 behind a small ASGI
-``Tracker`` that watches the protocol: which session ids the server issued to which token,
-which token every later request on a session carried, which sessions were deleted. It can
-also play a server that has lost every session (``drop = True``: 404 ``Session not found``).
+Against a real MCP server (the testing kit's ``RecordingMCPServer``) on 127.0.0.1 behind a
+small ASGI ``Tracker`` that watches the protocol: which session ids the server issued to
+which token, which token every later request on a session carried, which sessions were
+deleted. It can also play a server that has lost every session (``drop = True``: 404
+``Session not found``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from fastapi import FastAPI, Request
 from mcp import MCPError
 from starlette.types import Message, Receive, Scope, Send
 
-from examples.mcp_server import Call, RecordingMCPServer, make_mcp_server, serve
 from mcp_auth_middleware import (
     CredentialSource,
     InsecureTransportError,
@@ -45,6 +45,7 @@ from mcp_auth_middleware.sessions import (
     PoolClosedError,
     is_session_dropped,
 )
+from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
@@ -126,8 +127,8 @@ class Upstream:
 
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
-    mcp = make_mcp_server(USERS)
-    tracker = Tracker(mcp.server.streamable_http_app())
+    mcp = RecordingMCPServer(USERS)
+    tracker = Tracker(mcp.streamable_http_app())
     with serve(tracker) as base_url:
         yield Upstream(mcp, tracker, base_url + "/mcp")
 
