@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -122,3 +123,11 @@ def asgi_scope(
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``check()`` holds, for at most ``seconds``. Polled: what it checks
+    changes in a server's thread, where no anyio.Event can reach."""
+    with anyio.fail_after(seconds):
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
