@@ -97,7 +97,8 @@ def serve(app: Any) -> Iterator[str]:
     The port is chosen by the OS. Start-up and shut-down waits are bounded; open streams
     (SSE) are cut after a short graceful period.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
