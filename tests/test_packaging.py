@@ -221,6 +221,25 @@ def test_the_installed_wheel_imports_alone_and_exposes_only_the_library(
     assert {PACKAGE, *seen["modules"]} == modules
 
 
+def test_a_type_checker_reads_the_installed_packages_types(venv: Path, tmp_path: Path) -> None:
+    """PEP 561: mypy, pointed at the virtualenv, types the installed package from its own
+    annotations (``py.typed``): it finds the one deliberate error, and nothing else."""
+    (tmp_path / "uses.py").write_text(
+        "from mcp_auth_middleware import MCPCredentials, current_credentials\n"
+        "creds: MCPCredentials = current_credentials()\n"
+        "wrong: str = len(creds)\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+    mypy += ["--python-executable", str(venv), "--config-file", "", "uses.py"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    done = subprocess.run(
+        mypy, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, done.stdout
+    assert errors[0].startswith("uses.py:3: error: Incompatible types in assignment"), errors
+
+
 def test_the_editable_install_exposes_only_the_library(tmp_path: Path) -> None:
     """``pip install -e .`` (``make install``) maps the package to the checkout through an
     import hook, never the repository root: from elsewhere, ``examples`` is not a package."""
