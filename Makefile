@@ -39,6 +39,37 @@ unit: $(STAMP)
 ## The whole suite: lint, types, tests (unit and end-to-end over 127.0.0.1).
 test: lint typecheck unit
 
+## The test suite again under Python 3.12 and 3.13, one virtualenv each (.venv-3.12,
+## .venv-3.13). The interpreters: PYTHON312 / PYTHON313 if given, else python3.12 / python3.13
+## on PATH, else the newest under pyenv's root. VERSION_TEST_ARGS picks the tests (all of them
+## by default; -m e2e for the end-to-end ones only).
+EXTRA_VERSIONS := 3.12 3.13
+VERSION_TESTS := $(addprefix test-,$(EXTRA_VERSIONS))
+VERSION_TEST_ARGS ?=
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo "$$HOME/.pyenv")
+find_python = $(or $(shell python$(1) -c '' >/dev/null 2>&1 && echo python$(1)),$(shell ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1))
+PYTHON312 ?= $(call find_python,3.12)
+PYTHON313 ?= $(call find_python,3.13)
+
+.PHONY: test-versions $(VERSION_TESTS)
+.PRECIOUS: .venv-%/.installed-dev
+test-versions: $(VERSION_TESTS)
+
+$(VERSION_TESTS): test-%: .venv-%/.installed-dev
+	.venv-$*/bin/python -m pytest $(VERSION_TEST_ARGS)
+
+.venv-%/.installed-dev: pyproject.toml
+	@python='$(PYTHON$(subst .,,$*))'; \
+	if [ -z "$$python" ] || ! "$$python" -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$*".split("."))))' >/dev/null 2>&1; then \
+		echo "error: no Python $* interpreter: install one (e.g. pyenv install $*) or pass PYTHON$(subst .,,$*)=/path/to/python$*" >&2; \
+		exit 1; \
+	fi; \
+	echo "$$python -m venv .venv-$*"; \
+	"$$python" -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
@@ -61,4 +92,4 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --workers 2 --requests 3000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
+	rm -rf $(VENV) $(addprefix .venv-,$(EXTRA_VERSIONS)) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -358,3 +359,11 @@ def http_request(
     lines = [f"{method} {path} HTTP/1.1".encode(), b"host: 127.0.0.1", b"connection: close"]
     lines += [name + b": " + value for name, value in headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``check()`` holds, for at most ``seconds``. Polled: what it checks
+    changes in a server's thread, where no anyio.Event can reach."""
+    with anyio.fail_after(seconds):
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.01)

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,7 @@ from mcp_auth_middleware.sessions import (
     is_session_dropped,
 )
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
+from tests.helpers import eventually
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
@@ -141,13 +142,6 @@ async def whoami(pool: MCPSessionPool, upstream: Upstream, token: str | None = N
     assert not result.is_error, result
     user: str = (result.structured_content or {})["result"]
     return user
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    # Polled: the server side changes in uvicorn's thread, where no anyio.Event can reach.
-    with anyio.fail_after(WAIT):
-        while not check():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 def stats(**counts: int) -> MCPSessionPoolStats:
