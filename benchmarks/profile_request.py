@@ -181,7 +181,7 @@ def stages(request: HTTPRequest, audit: bool) -> list[tuple[str, float]]:
                 "audit event(s) (structlog JSON to a file)",
                 _best_us(
                     lambda: auditor.resolved(
-                        resolved, method="POST", path="/v1/responses", request_id=None
+                        resolved, {"method": "POST", "path": "/v1/responses"}, None
                     )
                 ),
             )

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mcp_auth_middleware.audit import CallerOf, authenticated_user
 from mcp_auth_middleware.credentials import CredentialSource
 from mcp_auth_middleware.sources.base import MCPCredentialSource
 
@@ -22,6 +23,7 @@ ENV_PREFIX: Final = "MCP_AUTH_"
 DEFAULT_PROVIDER_DATA_HEADER: Final = "X-LlamaStack-Provider-Data"
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 _BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
+_CONSTRUCTOR_ONLY: Final = frozenset({"sources", "caller"})  # objects: no variable for them
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -54,6 +56,13 @@ class MCPAuthConfig(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     redact_body: bool = False
     audit: bool = True
+    telemetry: bool = Field(
+        default=True, description="OpenTelemetry spans and counters, when the API is installed"
+    )
+    caller: CallerOf | None = Field(
+        default=authenticated_user,
+        description="reads the caller's identity from the scope, for audit events",
+    )
     sources: tuple[MCPCredentialSource, ...] = Field(
         default=(), description="custom credential sources, placed by name in precedence"
     )
@@ -122,7 +131,7 @@ class MCPAuthConfig(BaseModel):
         silently ignored.
         """
         env = os.environ if environ is None else environ
-        env_fields = {name for name in cls.model_fields if name != "sources"}
+        env_fields = set(cls.model_fields) - _CONSTRUCTOR_ONLY
         values: dict[str, Any] = {}
         variables: dict[str, str] = {}
         for key, raw in env.items():

@@ -116,7 +116,7 @@ class MCPAuthMiddleware:
         )
         self._paths = None if config.paths is None else _path_matcher(config.paths)
         self._max_body = config.max_body_bytes
-        self._auditor = Auditor() if config.audit else None
+        self._auditor = Auditor.for_config(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -212,12 +212,7 @@ class MCPAuthMiddleware:
             else:
                 credentials, resolved = resolve(((_BODY, found),))
             if auditor is not None:
-                auditor.resolved(
-                    resolved,
-                    method=scope["method"],
-                    path=scope["path"],
-                    request_id=_request_id_of(request_id),
-                )
+                auditor.resolved(resolved, scope, _request_id_of(request_id))
         # No local of this frame holds the body or a bare token while the application runs
         # (tracebacks that render locals, such as structlog's ``dict_tracebacks``, must not
         # find one): ``replay`` and ``credentials`` hide theirs.
@@ -304,10 +299,7 @@ class _Request:
             credentials, resolved = resolve(found)
             if mw._auditor is not None:
                 mw._auditor.resolved(
-                    resolved,
-                    method=scope["method"],
-                    path=scope["path"],
-                    request_id=_request_id_of(self.headers.get(b"x-request-id")),
+                    resolved, scope, _request_id_of(self.headers.get(b"x-request-id"))
                 )
         if mw.config.redact_body and envelope is not None and _has_body_credentials(envelope):
             try:
@@ -383,12 +375,7 @@ def _request_id_of(header: bytes | None) -> str | None:
 async def _reject(mw: MCPAuthMiddleware, scope: Scope, send: Send, exc: CredentialRejected) -> None:
     auditor = mw._auditor
     if auditor is not None:
-        auditor.rejected(
-            exc,
-            method=scope["method"],
-            path=scope["path"],
-            request_id=_request_id(scope["headers"]),
-        )
+        auditor.rejected(exc, scope, _request_id(scope["headers"]))
     payload = error_body(exc.message, code=exc.code, param=exc.param)
     await send(
         {
