@@ -40,6 +40,7 @@ PLOT_EXTRA: Final = "pip install 'mcp-auth-middleware[report]'"
 _BUCKET = re.compile(r"(\d+)([mhdw])")
 _UNIT_SECONDS: Final = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SOURCE_ORDER: Final = tuple(s.value for s in CredentialSource)
+_MONDAY: Final = 4 * 86400  # 1970-01-05, the first Monday after the epoch
 
 K = TypeVar("K")
 
@@ -109,7 +110,7 @@ class Summary:
             self.first = when
         if self.last is None or when > self.last:
             self.last = when
-        bucket = int(when.timestamp()) // self.bucket * self.bucket
+        bucket = _bucket_start(int(when.timestamp()), self.bucket)
         caller = _text(event.get("caller")) or UNKNOWN_CALLER
         if event["event"] == CREDENTIAL_REJECTED:
             self.rejected += 1
@@ -129,6 +130,13 @@ class Summary:
             tally.shadowed += both
         if source == self.legacy or both:
             _seen(self.on_legacy, (caller, server), when)
+
+
+def _bucket_start(seconds: int, size: int) -> int:
+    """Buckets are aligned on the Unix epoch (days start at midnight UTC), weeks on Monday
+    (the epoch was a Thursday)."""
+    offset = _MONDAY if size % _UNIT_SECONDS["w"] == 0 else 0
+    return (seconds - offset) // size * size + offset
 
 
 def _tally(table: dict[K, Tally], key: K) -> Tally:

@@ -260,6 +260,16 @@ def test_report_follows_another_legacy_source(tmp_path: Path) -> None:
     assert "== still on vault" in report
 
 
+def test_weekly_buckets_start_on_monday(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    days = ["2025-06-01T23:59:59Z", "2025-06-02T00:00:00Z", "2025-06-08T23:00:00Z"]  # Sun, Mon
+    events = [{"event": CREDENTIAL_RESOLVED, "source": "body", "timestamp": t} for t in days]
+    log.write_text("\n".join(map(json.dumps, events)))
+    report = run_report(str(log), "--bucket", "1w")
+    assert row(report, "2025-05-26")[1:4] == ["1", "0", "1"]
+    assert row(report, "2025-06-02")[1:4] == ["2", "0", "2"]
+
+
 @pytest.mark.parametrize("bucket", ["0h", "1y", "h", "-1d", "1.5h"])
 def test_report_refuses_a_bad_bucket(
     bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
