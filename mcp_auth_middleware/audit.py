@@ -1,25 +1,70 @@
 """The audit trail (structlog): where each credential came from, never the credential.
 
 Logger ``mcp_auth_middleware.audit``; one event per resolved server credential and one per
-rejection. Tokens appear only as a fingerprint (first 12 hex of their SHA-256); server URLs
-are logged without their query string, which may carry secrets.
+rejection, each with a ``logger`` field naming that logger (so that any renderer shows it)
+and, when known, the ``caller`` the application authenticated. Tokens appear only as a
+fingerprint (first 12 hex of their SHA-256); server URLs are logged without their query
+string, which may carry secrets. The same two points feed OpenTelemetry when it is installed
+(:mod:`mcp_auth_middleware.telemetry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final, overload
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import structlog
+from starlette.types import Scope
 
 from mcp_auth_middleware.errors import CredentialRejected
 from mcp_auth_middleware.resolve import Resolved
 
-__all__ = ["AUDIT_LOGGER", "CREDENTIAL_REJECTED", "CREDENTIAL_RESOLVED", "Auditor"]
+if TYPE_CHECKING:
+    from mcp_auth_middleware.config import MCPAuthConfig
+    from mcp_auth_middleware.sources.base import SourceRequest
+    from mcp_auth_middleware.telemetry import Telemetry
+
+__all__ = [
+    "AUDIT_LOGGER",
+    "CREDENTIAL_REJECTED",
+    "CREDENTIAL_RESOLVED",
+    "Auditor",
+    "CallerOf",
+    "authenticated_user",
+]
 
 AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
 CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
 CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
+
+#: Reads the caller's identity from the request's ASGI scope (``None``: unknown).
+CallerOf = Callable[[Scope], str | None]
+
+
+def authenticated_user(scope: Scope) -> str | None:
+    """The caller that Starlette's ``AuthenticationMiddleware`` authenticated (the default
+    ``caller`` of :class:`~mcp_auth_middleware.MCPAuthConfig`).
+
+    ``scope["user"]``: its ``identity``, else its ``display_name``; ``None`` when there is no
+    user or it is not authenticated. A plain string in ``scope["user"]`` is taken as is.
+    """
+    user = scope.get("user")
+    if user is None or isinstance(user, str):
+        return user or None
+    try:
+        if not user.is_authenticated:
+            return None
+    except (AttributeError, NotImplementedError):
+        return None
+    for attribute in ("identity", "display_name"):
+        try:
+            value = getattr(user, attribute)
+        except (AttributeError, NotImplementedError):  # Starlette's BaseUser leaves them so
+            continue
+        if value:
+            return str(value)
+    return None
 
 
 @overload
@@ -35,40 +80,87 @@ def _printable(value: str | None, limit: int = 256) -> str | None:
 
 
 class Auditor:
-    """Emits the audit events of one middleware instance."""
+    """Emits the audit events of one middleware instance: structlog events and, when given,
+    OpenTelemetry spans and counters."""
 
-    def __init__(self) -> None:
-        self._log: Any = structlog.get_logger(AUDIT_LOGGER)
+    __slots__ = ("_caller", "_log", "_telemetry")
+
+    def __init__(
+        self,
+        *,
+        log: bool = True,
+        caller: CallerOf | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._log: Any = structlog.get_logger(AUDIT_LOGGER) if log else None
+        self._caller = caller
+        self._telemetry = telemetry
+
+    @classmethod
+    def for_config(cls, config: MCPAuthConfig) -> Auditor | None:
+        """The auditor ``config`` asks for (``audit``, ``caller``, ``telemetry``), or
+        ``None`` when there is nothing to record."""
+        from mcp_auth_middleware.telemetry import telemetry
+
+        otel = telemetry() if config.telemetry else None
+        if not config.audit and otel is None:
+            return None
+        return cls(log=config.audit, caller=config.caller, telemetry=otel)
+
+    def _caller_of(self, request: SourceRequest) -> str | None:
+        if self._caller is None:
+            return None
+        who = self._caller(request.scope)
+        if who is None:
+            return None
+        return _printable(who if type(who) is str else str(who))
 
     def resolved(
-        self, items: Sequence[Resolved], *, method: str, path: str, request_id: str | None
+        self, items: Sequence[Resolved], request: SourceRequest, request_id: str | None
     ) -> None:
-        path = _printable(path, 2048)
+        """One event per credential scoped for ``request``, with the sources it shadowed."""
+        if self._telemetry is not None:
+            self._telemetry.resolved(items)
+        if self._log is None:
+            return
+        path = _printable(request.path, 2048)
         request_id = _printable(request_id)
-        info = self._log.info
+        # No ``caller`` field when it is unknown, so that a ``caller`` bound in structlog's
+        # contextvars shows through.
+        who = self._caller_of(request)
+        info = self._log.info if who is None else partial(self._log.info, caller=who)
         for cred, shadowed in items:
             server = cred.server
             info(
                 CREDENTIAL_RESOLVED,
+                logger=AUDIT_LOGGER,
                 source=str(cred.source),
                 shadowed=list(shadowed),
                 server_url=None if server is None else server.loggable,
                 server_label=_printable(cred.server_label),
                 fingerprint=cred.fingerprint,
-                method=method,
+                method=request.method,
                 path=path,
                 request_id=request_id,
             )
 
     def rejected(
-        self, exc: CredentialRejected, *, method: str, path: str, request_id: str | None
+        self, exc: CredentialRejected, request: SourceRequest, request_id: str | None
     ) -> None:
+        """The event of a refused request."""
+        if self._telemetry is not None:
+            self._telemetry.rejected(exc)
+        if self._log is None:
+            return
+        who = self._caller_of(request)
         self._log.warning(
             CREDENTIAL_REJECTED,
+            logger=AUDIT_LOGGER,
             code=exc.code,
             param=_printable(exc.param),
             source=exc.source,
-            method=method,
-            path=_printable(path, 2048),
+            method=request.method,
+            path=_printable(request.path, 2048),
             request_id=_printable(request_id),
+            **({} if who is None else {"caller": who}),
         )

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mcp_auth_middleware.audit import CallerOf, authenticated_user
 from mcp_auth_middleware.credentials import CredentialSource
 from mcp_auth_middleware.sources.base import MCPCredentialSource
 from mcp_auth_middleware.sources.body import MAX_TOOL_ITEMS
@@ -24,6 +25,7 @@ DEFAULT_PROVIDER_DATA_HEADER: Final = "X-LlamaStack-Provider-Data"
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_TOOLS: Final = 128
 _BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
+_CONSTRUCTOR_ONLY: Final = frozenset({"sources", "caller"})  # objects: no variable for them
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -57,6 +59,13 @@ class MCPAuthConfig(BaseModel):
     max_tools: int = Field(default=DEFAULT_MAX_TOOLS, gt=0, le=MAX_TOOL_ITEMS)
     redact_body: bool = False
     audit: bool = True
+    telemetry: bool = Field(
+        default=True, description="OpenTelemetry spans and counters, when the API is installed"
+    )
+    caller: CallerOf | None = Field(
+        default=authenticated_user,
+        description="reads the caller's identity from the scope, for audit events",
+    )
     sources: tuple[MCPCredentialSource, ...] = Field(
         default=(), description="custom credential sources, placed by name in precedence"
     )
@@ -151,7 +160,7 @@ class MCPAuthConfig(BaseModel):
         silently ignored.
         """
         env = os.environ if environ is None else environ
-        env_fields = {name for name in cls.model_fields if name != "sources"}
+        env_fields = set(cls.model_fields) - _CONSTRUCTOR_ONLY
         values: dict[str, Any] = {}
         variables: dict[str, str] = {}
         for key, raw in env.items():

@@ -107,7 +107,7 @@ class MCPAuthMiddleware:
         )
         self._guards = None if config.paths is None else path_matcher(config.paths)
         self._max_tools = config.max_tools
-        self._auditor = Auditor() if config.audit else None
+        self._auditor = Auditor.for_config(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -186,12 +186,7 @@ class MCPAuthMiddleware:
             return None
         credentials, resolved = resolve(found) if found else (EMPTY_CREDENTIALS, ())
         if self._auditor is not None and resolved:
-            self._auditor.resolved(
-                resolved,
-                method=request.method,
-                path=request.path,
-                request_id=_request_id(request_id),
-            )
+            self._auditor.resolved(resolved, request, _request_id(request_id))
         if self.config.redact_body and body is not None and _names_credentials(request.decoded):
             try:
                 redacted = _redact(body.data())
@@ -247,9 +242,7 @@ class MCPAuthMiddleware:
         exc: CredentialRejected,
     ) -> None:
         if self._auditor is not None:
-            self._auditor.rejected(
-                exc, method=request.method, path=request.path, request_id=_request_id(request_id)
-            )
+            self._auditor.rejected(exc, request, _request_id(request_id))
         payload = error_body(exc.message, code=exc.code, param=exc.param)
         await send(
             {

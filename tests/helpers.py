@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +30,7 @@ from mcp_auth_middleware import (
 from mcp_auth_middleware.sources.base import SourceRequest
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
+ROOT = Path(__file__).resolve().parent.parent
 
 # The error codes of the fail-closed rules, as literals: some constants are newer than
 # some versions of ``mcp_auth_middleware.errors``, and a test must fail in its assertions,
@@ -367,3 +371,19 @@ async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
     with anyio.fail_after(seconds):
         while not check():  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a child process, from the repository's root (so that ``tests``
+    and the package import), bounded in time; a non-zero exit fails the test with its
+    stderr."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done

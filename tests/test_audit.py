@@ -14,6 +14,17 @@ import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    BaseUser,
+    SimpleUser,
+    UnauthenticatedUser,
+)
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
 from structlog.testing import LogCapture
 
 from mcp_auth_middleware import (
@@ -23,6 +34,7 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     ProviderDataMode,
 )
+from mcp_auth_middleware.audit import authenticated_user
 from mcp_auth_middleware.credentials import fingerprint
 from tests.helpers import (
     PROVIDER_DATA,
@@ -39,6 +51,7 @@ THIRD = "https://third.example.com/sse"
 PATH = "/v1/responses"
 
 RESOLVED_FIELDS = {
+    "logger",
     "source",
     "shadowed",
     "server_url",
@@ -48,7 +61,7 @@ RESOLVED_FIELDS = {
     "path",
     "request_id",
 }
-REJECTED_FIELDS = {"code", "param", "source", "method", "path", "request_id"}
+REJECTED_FIELDS = {"logger", "code", "param", "source", "method", "path", "request_id"}
 
 
 def sha12(token: str) -> str:
@@ -92,6 +105,8 @@ async def test_resolved_event_carries_every_field(audit_log: list[dict[str, Any]
     assert event["method"] == "POST"
     assert event["path"] == PATH
     assert event["request_id"] == "req-42"
+    assert event["logger"] == AUDIT_LOGGER
+    assert "caller" not in event  # nobody authenticated the caller
     assert events(audit_log, CREDENTIAL_REJECTED) == []
 
 
@@ -509,3 +524,207 @@ async def test_each_body_tool_gets_its_own_event(
             url[8:13],
             [],
         )
+
+
+# -- the logger name and the caller on every event --------------------------------------
+
+
+@pytest.mark.anyio
+async def test_default_structlog_output_names_the_audit_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """structlog unconfigured (its console renderer on stdout shows no logger name of its
+    own): each line still says which logger it came from."""
+    old = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        app = make_app()
+        async with client(app) as c:
+            await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+            await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    finally:
+        structlog.configure(**old)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "mcp_credential_" in line]
+    assert len(lines) == 2
+    assert all(AUDIT_LOGGER in line for line in lines)
+
+
+class ApiKeyBackend(AuthenticationBackend):
+    """``X-Api-Key: key-<name>`` authenticates ``<name>``."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        key = conn.headers.get("x-api-key", "")
+        if not key.startswith("key-"):
+            return None
+        return AuthCredentials(["authenticated"]), SimpleUser(key[4:])
+
+
+def authenticated_app(config: MCPAuthConfig) -> Any:
+    """``AuthenticationMiddleware`` outside ``MCPAuthMiddleware``, as documented."""
+    app = make_app(config)
+    app.add_middleware(AuthenticationMiddleware, backend=ApiKeyBackend())
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", BOTH_PATHS)
+async def test_the_authenticated_starlette_user_is_the_caller_of_every_event(
+    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+) -> None:
+    app = authenticated_app(config)
+    async with client(app) as c:
+        two = {"tools": [mcp_tool(URL, token="t1"), mcp_tool(OTHER, token="t2", label="o")]}
+        await c.post(PATH, json=two, headers={"X-Api-Key": "key-alice"})
+        await c.post(
+            PATH, json={"tools": [mcp_tool(URL, token="a b")]}, headers={"X-Api-Key": "key-bob"}
+        )
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token="t3")]})  # no key
+    first, second, anonymous = events(audit_log, CREDENTIAL_RESOLVED)
+    [rejected] = events(audit_log, CREDENTIAL_REJECTED)
+    assert (first["caller"], second["caller"]) == ("alice", "alice")
+    assert rejected["caller"] == "bob"
+    assert "caller" not in anonymous  # Starlette's UnauthenticatedUser
+
+
+@pytest.mark.anyio
+async def test_authentication_inside_the_middleware_comes_too_late_for_the_caller(
+    audit_log: list[dict[str, Any]],
+) -> None:
+    """The documented order matters: authentication added first (inside ours) has not run
+    yet when the events are written."""
+    app = make_app()
+    app.user_middleware.insert(1, Middleware(AuthenticationMiddleware, backend=ApiKeyBackend()))
+    async with client(app) as c:
+        r = await c.post(PATH, json={"tools": [mcp_tool(URL)]}, headers={"X-Api-Key": "key-alice"})
+    assert r.status_code == 200
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert "caller" not in event
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", BOTH_PATHS)
+async def test_a_custom_caller_reads_scope_state(
+    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+) -> None:
+    """Another stack keeps the identity in ``scope["state"]``: a function says where."""
+
+    def tenant(scope: Scope) -> str | None:
+        value = scope.get("state", {}).get("tenant")
+        return value if isinstance(value, str) else None
+
+    inner = make_app(config.model_copy(update={"caller": tenant}))
+
+    async def set_tenant(scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})["tenant"] = "acme"
+        await inner(scope, receive, send)
+
+    async with client(set_tenant) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    assert [e["caller"] for e in audit_log] == ["acme", "acme"]
+
+
+@pytest.mark.anyio
+async def test_caller_none_turns_the_lookup_off(audit_log: list[dict[str, Any]]) -> None:
+    app = authenticated_app(MCPAuthConfig(caller=None))
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]}, headers={"X-Api-Key": "key-alice"})
+    [event] = events(audit_log, CREDENTIAL_RESOLVED)
+    assert "caller" not in event
+
+
+@pytest.mark.anyio
+async def test_a_caller_bound_in_structlog_contextvars_shows_through() -> None:
+    """When the configured reader knows no caller, a ``caller`` bound with structlog's
+    contextvars (by whatever authenticated the request) is the event's."""
+    capture = LogCapture()
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, capture],
+        cache_logger_on_first_use=False,
+    )
+    inner = make_app()
+
+    async def bind_user(scope: Scope, receive: Receive, send: Send) -> None:
+        with structlog.contextvars.bound_contextvars(caller="from-contextvars"):
+            await inner(scope, receive, send)
+
+    try:
+        async with client(bind_user) as c:
+            await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+    finally:
+        structlog.configure(**old)
+    [event] = capture.entries
+    assert event["caller"] == "from-contextvars"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("identity", "logged"),
+    [
+        pytest.param("alice\nforged", "alice\\nforged", id="newline"),
+        pytest.param("\x1b[2J" + "u" * 400, "\\x1b[2J" + "u" * 252, id="escape-and-too-long"),
+        pytest.param(12345, "12345", id="not-a-string"),
+    ],
+)
+async def test_caller_strings_are_printable_and_bounded(
+    audit_log: list[dict[str, Any]], identity: Any, logged: str
+) -> None:
+    app = make_app(MCPAuthConfig(caller=lambda scope: identity))
+    async with client(app) as c:
+        await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+        await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
+    assert [e["caller"] for e in audit_log] == [logged, logged]
+
+
+@pytest.mark.anyio
+async def test_a_failing_caller_reader_fails_the_request() -> None:
+    def broken(scope: Scope) -> str | None:
+        raise LookupError("no user store")
+
+    app = make_app(MCPAuthConfig(caller=broken))
+    async with client(app) as c:
+        with pytest.raises(LookupError, match="no user store"):
+            await c.post(PATH, json={"tools": [mcp_tool(URL)]})
+        ok = await c.post(PATH, json={"tools": []})  # nothing to audit: not asked
+    assert ok.status_code == 200
+
+
+class _User(BaseUser):
+    def __init__(self, authenticated: bool, identity: str | None, name: str) -> None:
+        self._authenticated, self._identity, self._name = authenticated, identity, name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self._authenticated
+
+    @property
+    def display_name(self) -> str:
+        return self._name
+
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            raise NotImplementedError
+        return self._identity
+
+
+AUTHENTICATED_USERS = {
+    "no-user": (None, None),
+    "unauthenticated": (UnauthenticatedUser(), None),
+    "simple-user": (SimpleUser("alice"), "alice"),
+    "identity-first": (_User(True, "u-42", "Alice"), "u-42"),
+    "display-name-without-identity": (_User(True, None, "Alice"), "Alice"),
+    "not-authenticated": (_User(False, "u-42", "Alice"), None),
+    "plain-string": ("svc-batch", "svc-batch"),
+    "empty-string": ("", None),
+    "no-user-interface": (object(), None),
+}
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"), AUTHENTICATED_USERS.values(), ids=AUTHENTICATED_USERS.keys()
+)
+def test_authenticated_user_reads_scope_user(user: Any, expected: str | None) -> None:
+    scope = {} if user is None else {"user": user}
+    assert authenticated_user(scope) == expected
