@@ -11,10 +11,12 @@ server and asks both servers ``whoami``:
 * carol in both at once, with different tokens: the body wins, the provider data is shadowed;
 * mallory smuggles an ``Authorization`` into a tool's ``headers``, and is refused.
 
-The demo prints what each server answered, each server's own record of the tokens it
-received, and the audit events; ``--audit-log PATH`` also writes the audit events as JSON
-lines. It exits 0 if every token reached only its own server and the body won for carol,
-1 otherwise.
+Each caller authenticates to the gateway with a key of its own (Starlette's
+``AuthenticationMiddleware``, outside ``MCPAuthMiddleware``), so every audit event names the
+caller. The demo prints what each server answered, each server's own record of the tokens
+it received, and the audit events; ``--audit-log PATH`` also writes the audit events as
+JSON lines, which ``python -m mcp_auth_middleware.report PATH`` reads. It exits 0 if every
+token reached only its own server and the body won for carol, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    BaseUser,
+    SimpleUser,
+)
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
 
 from examples.gateway import create_app
 from mcp_auth_middleware import AUDIT_LOGGER, MCPAuthConfig
@@ -54,6 +64,22 @@ def token(user: str, server: str) -> str:
     return f"{user}-{server}-token"
 
 
+def gateway_key(caller: str) -> str:
+    """The key ``caller`` authenticates to the gateway with (never sent to an MCP server)."""
+    return f"gateway-key-{caller}"
+
+
+class GatewayKeys(AuthenticationBackend):
+    """The gateway's own authentication: ``Authorization: Bearer <gateway key>``."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        scheme, _, key = conn.headers.get("authorization", "").partition(" ")
+        caller = key.removeprefix("gateway-key-")
+        if scheme.lower() != "bearer" or key != gateway_key(caller):
+            return None
+        return AuthCredentials(["caller"]), SimpleUser(caller)
+
+
 @dataclass(frozen=True)
 class Caller:
     name: str
@@ -69,7 +95,10 @@ class Caller:
             if self.body:
                 tool["authorization"] = token(self.name, server)
             tools.append(tool)
-        headers = {"X-Request-ID": f"demo-{self.name}"}
+        headers = {
+            "X-Request-ID": f"demo-{self.name}",
+            "Authorization": f"Bearer {gateway_key(self.name)}",
+        }
         if self.provider_data_user is not None:
             user = self.provider_data_user
             mcp_headers = {
@@ -112,7 +141,8 @@ def run(config: MCPAuthConfig | None = None) -> Outcome:
         }
         for name, server in servers.items():
             outcome.urls[name] = stack.enter_context(server.running())
-        gateway = stack.enter_context(serve(create_app(config or MCPAuthConfig())))
+        app = create_app(config or MCPAuthConfig())
+        gateway = stack.enter_context(serve(AuthenticationMiddleware(app, backend=GatewayKeys())))
         client = stack.enter_context(httpx.Client(base_url=gateway, timeout=30))
         for caller in CALLERS:
             body, headers = caller.request(outcome.urls)
@@ -132,7 +162,10 @@ def run(config: MCPAuthConfig | None = None) -> Outcome:
         refused = client.post(
             "/v1/responses",
             json={"model": "demo", "input": "whoami", "tools": [smuggled]},
-            headers={"X-Request-ID": "demo-mallory"},
+            headers={
+                "X-Request-ID": "demo-mallory",
+                "Authorization": f"Bearer {gateway_key('mallory')}",
+            },
         )
         outcome.refused = (refused.status_code, refused.json().get("error", {}).get("code"))
         outcome.reached_during_refusal = sum(len(s.requests) for s in servers.values()) - before
@@ -236,17 +269,19 @@ def report(outcome: Outcome, out: Callable[[str], None]) -> bool:
     out("")
     names = {url: name for name, url in outcome.urls.items()}
     out(f"Audit events (structlog logger {AUDIT_LOGGER!r}):")
-    out(f"  {'request_id':13} {'event':24} {'server':9} {'source':14} {'shadowed':18} fingerprint")
+    out(
+        f"  {'caller':8} {'request_id':13} {'event':9} {'server':9} {'source':14} "
+        f"{'shadowed':18} fingerprint"
+    )
     for e in outcome.audit:
+        event = e["event"].removeprefix("mcp_credential_")
+        head = f"  {e.get('caller')!s:8} {e['request_id']!s:13} {event:9}"
         if e["event"] == "mcp_credential_resolved":
             shadowed = json.dumps(e["shadowed"])
             server = names.get(e["server_url"], e["server_url"])
-            out(
-                f"  {e['request_id']!s:13} {e['event']:24} {server!s:9} "
-                f"{e['source']:14} {shadowed:18} {e['fingerprint']}"
-            )
+            out(f"{head} {server!s:9} {e['source']:14} {shadowed:18} {e['fingerprint']}")
         else:
-            out(f"  {e['request_id']!s:13} {e['event']:24} code {e['code']}, param {e['param']}")
+            out(f"{head} code {e['code']}, param {e['param']}")
     example = token("alice", "calendar")
     digest = hashlib.sha256(example.encode()).hexdigest()[:12]
     out("")
@@ -255,6 +290,8 @@ def report(outcome: Outcome, out: Callable[[str], None]) -> bool:
     out(f"  printf %s {example} | sha256sum | cut -c1-12   ->  {digest}")
     out("request_id: the caller's X-Request-ID header (asgi-correlation-id's id when installed);")
     out("  null when a request has neither.")
+    out("caller: who the gateway authenticated (scope['user'], set by Starlette's")
+    out("  AuthenticationMiddleware in front of MCPAuthMiddleware; see docs/operations.md).")
     out("")
     results = checks(outcome)
     out("Checks:")
@@ -282,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with args.audit_log.open("w", encoding="utf-8") as f:
             write_json_lines(outcome.audit, f)
         print(f"audit events: {len(outcome.audit)} JSON lines in {args.audit_log}")
+        print(f"the migration report: python -m mcp_auth_middleware.report {args.audit_log}")
     return 0 if passed else 1
 
 

@@ -22,8 +22,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_demo_proves_its_claims_and_exits_0(tmp_path: Path) -> None:
-    audit = tmp_path / "audit.jsonl"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """``python -m examples.demo --audit-log PATH``, once: its output and the audit log."""
+    audit = tmp_path_factory.mktemp("demo") / "audit.jsonl"
     done = subprocess.run(
         [sys.executable, "-W", "error", "-m", "examples.demo", "--audit-log", str(audit)],
         cwd=ROOT,
@@ -33,10 +35,18 @@ def test_the_demo_proves_its_claims_and_exits_0(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
-    out = done.stdout
+    return done.stdout, audit
+
+
+def test_the_demo_proves_its_claims_and_exits_0(demo_run: tuple[str, Path]) -> None:
+    out, audit = demo_run
     lines = out.splitlines()
-    assert max(len(line) for line in lines[:-1]) <= 100  # the last one names the file
-    assert lines[-2:] == ["demo: OK", f"audit events: 7 JSON lines in {audit}"]
+    assert max(len(line) for line in lines[:-2]) <= 100  # the last two name the file
+    assert lines[-3:] == [
+        "demo: OK",
+        f"audit events: 7 JSON lines in {audit}",
+        f"the migration report: python -m mcp_auth_middleware.report {audit}",
+    ]
     assert sum(line.startswith("  ok   ") for line in lines) == 5
     assert "FAIL" not in out
     # Every caller answered as themselves by both servers; mallory refused.
@@ -48,7 +58,7 @@ def test_the_demo_proves_its_claims_and_exits_0(tmp_path: Path) -> None:
         for server in ("calendar", "files"):
             assert f"token {fingerprint(demo.token(user, server))} -> {user}" in out
     # Precedence and shadowing, with request ids.
-    carol = [line for line in lines if line.startswith("  demo-carol")]
+    carol = [line for line in lines if line.startswith("  carol    demo-carol")]
     assert len(carol) == 2
     assert all('body           ["provider_data"]' in line for line in carol)
     # The fingerprint explained, with a digest the reader can recompute.
@@ -69,6 +79,36 @@ def test_the_demo_proves_its_claims_and_exits_0(tmp_path: Path) -> None:
     assert [e["shadowed"] for e in events if e["request_id"] == "demo-carol"] == [
         ["provider_data"]
     ] * 2
+    # Each event names the caller the gateway authenticated.
+    assert {e["request_id"]: e["caller"] for e in events} == {
+        f"demo-{u}": u for u in ("alice", "bob", "carol", "mallory")
+    }
+
+
+def test_the_migration_report_reads_the_demos_audit_log(demo_run: tuple[str, Path]) -> None:
+    """Per caller: alice on the body only, bob still all on the legacy header, carol sending
+    both (the body won, her provider data shadowed, and so counted as legacy)."""
+    _, audit = demo_run
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_auth_middleware.report", str(audit)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {
+        line.split()[0]: line.split()[2:]
+        for line in done.stdout.split("== per caller ==")[1].split("==")[0].splitlines()[2:]
+        if line.strip()
+    }
+    # body, provider_data, total, shadowed, legacy share
+    assert rows == {
+        "alice": ["2", "0", "2", "0", "0.0%"],
+        "bob": ["0", "2", "2", "0", "100.0%"],
+        "carol": ["2", "0", "2", "2", "100.0%"],
+    }
+    assert "mallory" in done.stdout.split("== rejections ==")[1]
 
 
 def test_the_demo_fails_when_the_body_does_not_win() -> None:
