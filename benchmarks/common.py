@@ -6,14 +6,14 @@ on POST, as any JSON endpoint does):
 
 * ``bare``: a Starlette app, nothing else.
 * ``passthrough``: bare + a no-op pure-ASGI middleware (a control: the noise floor).
-* ``ours``: bare + ``MCPAuthMiddleware`` (``ours_audit``: audit on; ``ours_paths``:
-  ``paths=("/v1/responses",)``).
+* ``ours``: bare + ``MCPAuthMiddleware`` with the audit log and telemetry off
+  (``ours_audit``: both on, as by default; ``ours_paths``: ``paths=("/v1/responses",)``).
 * ``floor``: bare + a pure-ASGI middleware that buffers the body, makes one ``bytes``
   substring scan over it and replays the server's original messages.
-* ``decode_floor``: the floor with our msgspec decode (and its parser-agreement checks)
-  instead of the scan, and a ``ContextVar`` set around the app: what is left of the
-  middleware with no header pass, no validation and no credential objects. A bound on
-  what tuning the rest (or compiling it) could reach.
+* ``decode_floor``: the floor with one msgspec decode (into a struct that names only the
+  fields the middleware reads) instead of the scan, and a ``ContextVar`` set around the app:
+  the least any pure-Python reader that must decode can do, with no header pass, no checks
+  and no credential objects.
 * ``basehttp``: bare + a ``BaseHTTPMiddleware`` that does the job the way users write it:
   ``await request.json()``, pick the MCP tools' ``authorization``, scope them in a
   ``ContextVar`` around ``call_next``.
@@ -408,7 +408,7 @@ def _fastapi(kind: str) -> FastAPI:
         async def post_ours(path: str, body: ResponsesBody, creds: MCPCredentialsDep) -> Response:
             return PlainTextResponse("ok")
 
-        app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=False))
+        app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=False, telemetry=False))
     return app
 
 
@@ -430,12 +430,13 @@ def build_app(name: str) -> ASGIApp:
     elif name == "basehttp":
         app.add_middleware(BaseHTTPCredentials)
     elif name == "ours":
-        app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=False))
+        app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=False, telemetry=False))
     elif name == "ours_audit":
         app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=True))
     elif name == "ours_paths":
         app.add_middleware(
-            MCPAuthMiddleware, config=MCPAuthConfig(audit=False, paths=(RESPONSES_PATH,))
+            MCPAuthMiddleware,
+            config=MCPAuthConfig(audit=False, telemetry=False, paths=(RESPONSES_PATH,)),
         )
     else:
         raise ValueError(f"unknown app {name!r}")
@@ -456,28 +457,36 @@ _PROVIDER_DATA = json.dumps(
 #: The cases measured one by one (``compare.py``, ``bench_instructions.py``):
 #: name -> (request, middleware config, the bare app to compare with).
 CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
-    "1 KB, 1 credential": (post_json(responses_body(1 * KB)), {"audit": False}, "bare"),
+    "1 KB, 1 credential": (
+        post_json(responses_body(1 * KB)),
+        {"audit": False, "telemetry": False},
+        "bare",
+    ),
     "1 KB, audit on": (post_json(responses_body(1 * KB)), {"audit": True}, "bare_audit"),
-    "10 tools": (post_json(responses_body(1 * KB, tools=10)), {"audit": False}, "bare"),
-    "provider-data header": (  # the general path: every source asked in turn
+    "10 tools": (
+        post_json(responses_body(1 * KB, tools=10)),
+        {"audit": False, "telemetry": False},
+        "bare",
+    ),
+    "provider-data header": (  # the provider-data source asked too
         HTTPRequest(
             "POST",
             RESPONSES_PATH,
             responses_body(1 * KB),
             extra_headers=((b"x-llamastack-provider-data", _PROVIDER_DATA),),
         ),
-        {"audit": False},
+        {"audit": False, "telemetry": False},
         "bare",
     ),
     "text/plain": (
         HTTPRequest("POST", "/v1/files", b"x" * KB, b"text/plain"),
-        {"audit": False},
+        {"audit": False, "telemetry": False},
         "bare",
     ),
-    "GET": (HTTPRequest("GET", "/v1/models"), {"audit": False}, "bare"),
+    "GET": (HTTPRequest("GET", "/v1/models"), {"audit": False, "telemetry": False}, "bare"),
     "path not in paths": (
         post_json(responses_body(1 * KB), "/v1/chat/completions"),
-        {"audit": False, "paths": (RESPONSES_PATH,)},
+        {"audit": False, "telemetry": False, "paths": (RESPONSES_PATH,)},
         "bare",
     ),
 }

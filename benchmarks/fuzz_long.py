@@ -1,10 +1,10 @@
 """The long fuzz run: the generators of ``tests/test_hostile.py``, 100,000+ cases, counted.
 
-Three targets, each against a reference written from the SPEC:
+Three targets, each against a reference written from docs/reference.md:
 
-* ``body``: ``parse_body`` + the body source vs ``json.loads`` + the same source (SPEC §5:
+* ``body``: ``parse_body`` + the body source vs ``json.loads`` + the same source ("Refusals":
   "no input can make the middleware and the application see different credentials");
-* ``provider-data``: the provider-data source vs a model of SPEC §3/§5;
+* ``provider-data``: the provider-data source vs a model of the reference's sections;
 * ``middleware``: whole requests (body, provider-data header, ``X-MCP-*`` header) through the
   middleware as raw ASGI: the app gets the exact bytes, or a documented 4xx answers.
 

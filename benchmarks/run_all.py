@@ -10,7 +10,9 @@ Steps (each a child process, so glibc settings can differ per process):
 4. peak memory of a 10 MB request (``bench_memory``);
 5. instructions per request under valgrind's callgrind (``bench_instructions``; skipped
    without valgrind): the in-process cases as counts that do not move between runs;
-6. over HTTP: uvicorn + wrk (``bench_http``).
+6. the worst bodies the default limits admit: how long one holds the event loop
+   (``bench_worst``);
+7. over HTTP: uvicorn + wrk (``bench_http``).
 
 All ratios are medians over rounds of per-round ratios measured side by side in one run;
 in-process figures are CPU time per request. ``--quick`` takes about two minutes, the default
@@ -53,6 +55,7 @@ class Plan:
     http_rounds: int
     http_duration: int
     instruction_requests: int
+    worst_repeats: int
 
     @property
     def http_quick(self) -> bool:
@@ -73,9 +76,10 @@ FULL = Plan(
     5,
     3,
     300,
+    5,
 )
 QUICK = Plan(
-    41, 4, 10, 5, 5, ("default", "tuned"), "1024,1048576,10485760", 1, "bare,ours", 2, 1, 100
+    41, 4, 10, 5, 5, ("default", "tuned"), "1024,1048576,10485760", 1, "bare,ours", 2, 1, 100, 3
 )
 
 
@@ -142,6 +146,12 @@ def run(plan: Plan, log: Any) -> dict[str, Any]:
             ["--requests", str(plan.instruction_requests)],
             log,
         )
+    results["worst"] = _child(
+        "the worst bodies the limits admit",
+        "bench_worst.py",
+        ["--repeats", str(plan.worst_repeats)],
+        log,
+    )
     http_args = ["--rounds", str(plan.http_rounds), "--duration", str(plan.http_duration)]
     results["http"] = _child(
         "HTTP, uvicorn",
@@ -175,20 +185,33 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     small = results["inprocess_small"]
     r, us = small["ratios"], small["per_call_us"]
     out.append(f"In-process ASGI, CPU time, median of {small['rounds']} rounds of per-round ratios")
+    ours_extra, decode_extra = r["cred_1k"] - 1, r["decode_floor_1k"] - 1
+    to_decode = ours_extra / decode_extra if decode_extra > 0 else float("inf")
     out.append(
         (
-            "1 KB JSON POST, 1 credential, audit off / bare",
-            f"{_x(r['cred_1k'])} ({us['bare']:.0f} -> {us['ours']:.0f} µs)",
-            "<= 1.30x",
-            _check(r["cred_1k"], 1.30),
+            "1 KB JSON POST, 1 credential (audit, telemetry off): our extra / decode floor's",
+            f"{_x(to_decode)} (ours {_x(r['cred_1k'])}, decode floor "
+            f"{_x(r['decode_floor_1k'])} of bare; {us['bare']:.0f} -> {us['ours']:.0f} µs)",
+            "<= 2.0x",
+            _check(to_decode, 2.0),
+        )
+    )
+    basehttp_extra = r["basehttp_1k"] - 1
+    cheaper = basehttp_extra / ours_extra if ours_extra > 0 else float("inf")
+    out.append(
+        (
+            "  BaseHTTPMiddleware doing the same job: its extra / ours",
+            f"{_x(cheaper)} ({_x(r['basehttp_1k'])} of bare)",
+            ">= 10x",
+            _check(cheaper, 10.0, at_least=True),
         )
     )
     out.append(
         (
             "  same, audit on (JSON lines to a file) / bare+1 event",
             f"{_x(r['audit_1k'])} ({us['bare_audit']:.0f} -> {us['ours_audit']:.0f} µs)",
-            "<= 1.15x",
-            _check(r["audit_1k"], 1.15),
+            "",
+            "info",
         )
     )
     for key, label, name in (
@@ -219,7 +242,6 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     for key, label in (
         ("floor_1k", "(floor) buffer + bytes scan + replay, 1 KB / bare"),
         ("decode_floor_1k", "(bound) floor with our decode + a ContextVar, 1 KB / bare"),
-        ("basehttp_1k", "BaseHTTPMiddleware + request.json() + ContextVar / bare"),
         ("fastapi_bare_1k", "FastAPI, pydantic body model (no creds) / bare"),
         ("fastapi_dep_1k", "FastAPI, body model + credentials dependency / bare"),
         ("fastapi_dep_vs_fastapi", "  FastAPI dependency / FastAPI body model"),
@@ -229,7 +251,7 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
 
     out.append("Cost vs number of MCP tools (1 KB+ body, audit off unless said)")
     tools = results["inprocess_tools"]
-    for n in ("1", "10", "100", "1000"):
+    for n in ("1", "10", "100", "128"):
         t = tools[n]
         out.append(
             (
@@ -245,8 +267,8 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
 
     sizes = results["inprocess_sizes"]
     out.append(
-        "Big bodies: ours' extra over bare / the floor's extra, one process per app "
-        "(page faults/req: bare/floor/ours)"
+        "Big bodies: ours' extra over bare / the decode floor's extra, one process per app "
+        "(page faults/req: bare/decode floor/ours)"
     )
     for data in sizes.values():
         name = data["malloc"]
@@ -255,38 +277,26 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
             row = data["sizes"].get(size)
             if row is None:
                 continue
-            value = row["extra_vs_floor"]["ours"]
+            by_floor = row["extra_vs_floor"]
+            bound = by_floor.get("decode_floor")
+            value = by_floor["ours"] / bound if bound else float("inf")
             extra, faults = row["extra_us"], row["page_faults_per_call"]
             # Page faults that differ between the apps mean glibc's allocator is in another
             # state in each process (its dynamic mmap threshold): the times do not compare.
-            compared = (faults["bare"], faults["floor"], faults["ours"])
+            compared = (faults["bare"], faults["decode_floor"], faults["ours"])
             comparable = value != float("inf") and value > 0 and _same(compared)
-            iqr = row.get("extra_vs_floor_iqr")
-            spread = f", IQR {iqr[0]:.2f}-{iqr[1]:.2f}" if iqr else ""
             out.append(
                 (
-                    f"{label}, malloc {name}: ours",
-                    f"{_ratio_or_na(value)}{spread} (+{extra['ours'] / 1000:.2f} ms vs floor "
-                    f"+{extra['floor'] / 1000:.2f} ms; bare {row['per_call_us']['bare'] / 1000:.2f}"
-                    f" ms; page faults/req {faults['bare']:.0f}/{faults['floor']:.0f}/"
-                    f"{faults['ours']:.0f})",
-                    "<= 1.5x" if targeted else "",
-                    (_check(value, 1.5) if comparable else "n/a") if targeted else "info",
+                    f"{label}, malloc {name}: our extra / decode floor's",
+                    f"{_ratio_or_na(value)} (+{extra['ours'] / 1000:.2f} ms vs "
+                    f"+{extra['decode_floor'] / 1000:.2f} ms; floor "
+                    f"+{extra['floor'] / 1000:.2f} ms; bare "
+                    f"{row['per_call_us']['bare'] / 1000:.2f} ms; page faults/req "
+                    f"{faults['bare']:.0f}/{faults['decode_floor']:.0f}/{faults['ours']:.0f})",
+                    "<= 1.15x" if targeted else "",
+                    (_check(value, 1.15) if comparable else "n/a") if targeted else "info",
                 )
             )
-            bound = row["extra_vs_floor"].get("decode_floor")
-            if bound is not None:  # results written before the bound was measured lack it
-                bound_iqr = row.get("decode_floor_iqr")
-                bound_spread = f", IQR {bound_iqr[0]:.2f}-{bound_iqr[1]:.2f}" if bound_iqr else ""
-                out.append(
-                    (
-                        f"  (bound) decode floor, {label}, malloc {name}",
-                        f"{_ratio_or_na(bound)}{bound_spread} "
-                        f"(+{extra['decode_floor'] / 1000:.2f} ms)",
-                        "",
-                        "info",
-                    )
-                )
             out.append(
                 (
                     f"  BaseHTTPMiddleware, {label}, malloc {name}",
@@ -326,6 +336,18 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                     )
                 )
 
+    worst = results.get("worst")
+    if worst is not None:
+        out.append("The worst bodies the default limits admit, wall time holding the event loop")
+        out.append(
+            (
+                "the worst of them",
+                f"{worst['worst_ms']:.1f} ms ({worst['worst']})",
+                "<= 100 ms",
+                _check(worst["worst_ms"], 100.0),
+            )
+        )
+
     http = results["http"]
     apps = http["apps"]
     ours, bare = apps["ours"], apps["bare"]
@@ -333,20 +355,24 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
         f"HTTP: uvicorn+httptools+uvloop (CPU 0), {http['client']} (CPU 1), 1 KB + credential, "
         f"{http['connections']} conns, {http['rounds']} x {http['duration_s']:.0f} s"
     )
-    out.append(
-        (
-            "ours / bare, requests/s",
-            f"{_x(ours['rps_ratio'])} ({bare['rps']:.0f} -> {ours['rps']:.0f}/s)",
-            ">= 0.95x",
-            _check(ours["rps_ratio"], 0.95, at_least=True),
+    decode = apps.get("decode_floor")
+    if decode is not None:
+        to_decode = ours["rps_ratio"] / decode["rps_ratio"]
+        out.append(
+            (
+                "ours / decode floor, requests/s",
+                f"{_x(to_decode)} ({decode['rps']:.0f} -> {ours['rps']:.0f}/s; ours / bare "
+                f"{_x(ours['rps_ratio'])}, {bare['rps']:.0f}/s)",
+                ">= 0.90x",
+                _check(to_decode, 0.90, at_least=True),
+            )
         )
-    )
     out.append(
         (
             "ours / bare, p99 latency",
             f"{_x(ours['p99_ratio'])} ({bare['p99_ms']:.1f} -> {ours['p99_ms']:.1f} ms)",
-            "<= 1.10x",
-            _check(ours["p99_ratio"], 1.10),
+            "",
+            "info",
         )
     )
     out.append(

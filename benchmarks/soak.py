@@ -20,7 +20,7 @@ between worker processes. The gateway's MCP session pool is left at its default 
   header's ``mcp_headers`` (with an extra ``X-Soak-User`` header), in
   ``X-MCP-whoami-Authorization``, or in the body / server header *and* an unknown decoy token
   in provider data (precedence: the decoy must never be used); a share of them streamed (SSE);
-* ``--malformed-share`` malformed ones, which must get 400 with the SPEC's code: Authorization
+* ``--malformed-share`` malformed ones, which must get 400 with the reference's code: Authorization
   in ``tools[].headers``, CR/LF in a body or provider-data token, bad provider data, an
   oversize token, two tools for one server with different tokens, a duplicated or non-Bearer
   ``X-MCP-*-Authorization``.

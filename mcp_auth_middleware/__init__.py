@@ -1,6 +1,6 @@
 """Per-request, per-server MCP credentials for Starlette and FastAPI gateways.
 
-See SPEC-level documentation in ``docs/`` and the README for the contract.
+The contract is ``docs/reference.md``; the README shows how to use it.
 """
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING

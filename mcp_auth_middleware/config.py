@@ -38,7 +38,7 @@ class ProviderDataMode(StrEnum):
 
 
 class MCPAuthConfig(BaseModel):
-    """Settings of :class:`~mcp_auth_middleware.MCPAuthMiddleware` (SPEC §7)."""
+    """Settings of :class:`~mcp_auth_middleware.MCPAuthMiddleware` (the reference's "Settings")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 

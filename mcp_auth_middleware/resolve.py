@@ -1,4 +1,4 @@
-"""Precedence and shadowing: many sources' credentials in, one per server out (SPEC §4)."""
+"""Precedence and shadowing: many sources' credentials in, one per server out."""
 
 from __future__ import annotations
 

@@ -46,9 +46,8 @@ BODY_TOO_LARGE = "body_too_large"
 
 
 class NothingSource:
-    """A custom source that supplies nothing. Its presence alone sends every request down
-    the middleware's general path (each source asked in turn) instead of the inlined
-    body-only one: tests run a case both ways with it."""
+    """A custom source that supplies nothing: with it, the middleware asks a source on every
+    request of a guarded path. Tests run a case with and without it."""
 
     name = "nothing"
     needs_body = False

@@ -1,4 +1,4 @@
-"""SPEC §8: the audit events, their fields, and the logger they go to."""
+"""The audit events, their fields, and the logger they go to."""
 
 from __future__ import annotations
 
@@ -432,10 +432,10 @@ async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
     assert audit[1].levelno >= audit[0].levelno >= logging.INFO
 
 
-# Both request paths: the inlined body-only one, and the general one (a custom source).
+# With the body source alone, and with a custom source asked beside it.
 BOTH_PATHS = [
-    pytest.param(MCPAuthConfig(), id="inlined"),
-    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="general"),
+    pytest.param(MCPAuthConfig(), id="body-only"),
+    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="with-custom-source"),
 ]
 
 
@@ -501,8 +501,7 @@ def test_fingerprint_matches_hashlib_sha256(token: str) -> None:
 async def test_each_body_tool_gets_its_own_event(
     audit_log: list[dict[str, Any]], config: MCPAuthConfig
 ) -> None:
-    """Three body tools for three servers, no other source: three events (the inlined path
-    builds them without resolve())."""
+    """Three body tools for three servers: three events."""
     app = make_app(config)
     tokens = {URL: "tok-a", OTHER: "tok-b", THIRD: "tok-c"}
     body = {"tools": [mcp_tool(url, token=tok, label=url[8:13]) for url, tok in tokens.items()]}

@@ -1,4 +1,4 @@
-"""The body parameter (SPEC §3): Responses ``tools[]`` and the tool-runtime top-level field."""
+"""The body parameter: Responses ``tools[]`` and the tool-runtime top-level field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration (SPEC §7): defaults, constructor and environment validation, on/off, paths."""
+"""Settings: defaults, constructor and environment validation, on/off, paths."""
 
 from __future__ import annotations
 

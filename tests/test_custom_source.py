@@ -1,4 +1,4 @@
-"""SPEC §3 "Custom sources": the pluggable source protocol, placed anywhere in precedence."""
+"""Custom sources: the pluggable source protocol, placed anywhere in precedence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``MCPBearerAuth`` and ``mcp_headers``: which credential goes on which outgoing request (SPEC §9).
+"""``MCPBearerAuth`` and ``mcp_headers``: which credential goes on which outgoing request.
 
 Every routing rule runs through all four clients (httpx and httpx2, sync and async) against a
 ``MockTransport`` app that echoes the headers it received.

@@ -80,7 +80,7 @@ class Gateway:
 
     Answers ``{"output": [mcp_call items], "hops": [...]}``. A URL ending in ``/sse`` is
     reached with the SSE transport, any other with streamable HTTP. ``?pool=credential``
-    keeps sessions open across requests keyed by server and credential (SPEC §9);
+    keeps sessions open across requests keyed by server and credential ("Downstream");
     ``?pool=server`` keys them by server only, which is wrong, and shows why.
     """
 
@@ -363,7 +363,7 @@ async def test_one_shared_client_sends_each_concurrent_request_its_own_token(
 async def test_sse_transport_sends_the_token_to_the_messages_url_the_server_names(
     mcp_sse: Upstream, gateway: str
 ) -> None:
-    """SPEC §9's fallback: the only credential of the origin goes to ``/messages/?session_id``."""
+    """The lone-credential fallback: the origin's only credential goes to ``/messages/``."""
     answer = await ask(gateway, [mcp_tool(mcp_sse.url, BOB, label="s")])
     assert answer["output"] == [{"type": "mcp_call", "server_label": "s", "output": "bob"}]
     posts = [hop for hop in answer["hops"] if hop["method"] == "POST"]

@@ -357,7 +357,7 @@ def _frame_holders(exc: BaseException, secret: str) -> list[str]:
     return holders
 
 
-# redact_body off: the inlined path; on: the general path (see docs/design.md).
+# redact_body off, and on (the body then replaced by a redacted copy).
 REDACT = [pytest.param(False, id="redact-off"), pytest.param(True, id="redact-on")]
 
 
@@ -367,9 +367,8 @@ REDACT = [pytest.param(False, id="redact-off"), pytest.param(True, id="redact-on
 async def test_no_frame_of_a_failing_request_holds_the_token(redact: bool, pieces: int) -> None:
     """The app fails before it reads the body; error trackers that capture the locals of each
     frame (Sentry's default, ``traceback`` with ``capture_locals``, rich and structlog
-    tracebacks with ``show_locals``) must find no token in the middleware's frames (SPEC
-    §8: no token in any log line, at any level; §7: ``redact_body`` "so it can never store
-    or log them")."""
+    tracebacks with ``show_locals``) must find no token in the middleware's frames (the
+    reference's "Scope and lifetime" and "Audit log and telemetry")."""
     probe = Probe()
     app = probe.app(MCPAuthConfig(redact_body=redact))
     body = jbody({"authorization": TOKEN_A})

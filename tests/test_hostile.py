@@ -555,7 +555,7 @@ async def test_invalid_utf8_anywhere_passes_through_with_no_credentials(
     template: str, raw: bytes
 ) -> None:
     """``json.loads`` (the application's parser) refuses the body, so it is not ours to judge:
-    the exact bytes pass through, no credential is scoped, nothing crashes (SPEC §5).
+    the exact bytes pass through, no credential is scoped, nothing crashes.
 
     Inside a string msgspec decodes (``tools``, ``authorization``, ``mcp_endpoint``), msgspec
     raises ``UnicodeDecodeError``, not its own error; inside a field it skips, it does not
@@ -1072,7 +1072,7 @@ async def test_look_alike_names_in_provider_data_are_refused(
 
 # --- Bearer in odd cases and spacing -------------------------------------------------------
 
-# SPEC §5: the body takes a bare token or ``Bearer <token>`` (prefix stripped); the headers
+# "Refusals": the body takes a bare token or ``Bearer <token>`` (prefix stripped); the headers
 # take ``Bearer <token>`` only. RFC 7235: the scheme is case-insensitive, separated from the
 # token by one or more SP (not HTAB); the token itself holds no whitespace.
 BEARER = [
@@ -1140,7 +1140,7 @@ async def test_bearer_prefix_in_odd_cases_and_spacing(
 # A document is generated as a tree whose objects are lists of key/value pairs (so duplicate
 # keys happen), then rendered with random escaping (``\u0041uthorization``), whitespace and
 # encodings (BOM, UTF-16/32), and sometimes corrupted byte by byte. The reference is what the
-# application reads: ``json.loads`` and the fields SPEC §3 names.
+# application reads: ``json.loads`` and the fields the reference names.
 #
 # The generators make their choices through a ``Chooser``: hypothesis draws in the tests (so
 # failures shrink), a seeded ``random.Random`` in ``benchmarks/fuzz_long.py`` (fast).
@@ -1429,7 +1429,7 @@ Verdict = tuple[Any, ...]
 
 
 def reference_body(raw: bytes) -> ParsedBody | None:
-    """What the application reads: ``json.loads``, then the fields of SPEC §3."""
+    """What the application reads: ``json.loads``, then the fields the reference names."""
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):
@@ -1480,7 +1480,7 @@ NOTHING_READ: Final[Verdict] = ("read", frozenset())
 
 
 def reference_provider_data(value: str) -> Verdict:
-    """SPEC §3 and §5 for the provider-data header, written from the text, not the code."""
+    """The reference for the provider-data header, written from the text, not the code."""
     try:
         data = json.loads(value)
     except (ValueError, RecursionError):

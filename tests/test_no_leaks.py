@@ -1,4 +1,4 @@
-"""SPEC §8 (and §7 ``redact_body``): a token never shows up anywhere but where it is sent.
+"""A token never shows up anywhere but where it is sent (``redact_body`` included).
 
 One distinctive fake token is pushed through every path the middleware has: accepted from
 each source, shadowed, rejected for each reason, with the application raising, with

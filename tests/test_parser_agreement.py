@@ -608,7 +608,7 @@ def test_random_bytes_never_crash_the_parser(body: bytes) -> None:
 
 # --- hypothesis: end to end -----------------------------------------------------------------
 
-# Table-driven model of the body source: only values whose verdict the SPEC states.
+# Table-driven model of the body source: only values whose verdict the reference states.
 E2E_TOKENS: list[tuple[Any, str | None]] = [  # (value sent, bare token; None = refused)
     ("tok-a", "tok-a"),
     ("Bearer tok-b", "tok-b"),
@@ -711,7 +711,7 @@ def _verdict(value: Any) -> tuple[bool, str | None]:
 
 
 def model(document: Any) -> Outcome:
-    """What the SPEC says the middleware does with this ``json.loads`` result."""
+    """What the reference says the middleware does with this ``json.loads`` result."""
     nothing = Outcome(frozenset(), (), None)
     if not isinstance(document, dict):
         return nothing
@@ -748,7 +748,7 @@ def model(document: Any) -> Outcome:
         label = tool["server_label"]
         if tool.get("server_url") is None:
             previous = by_label.get(label)
-            assume(previous is None or previous[2] == token)  # the SPEC is silent on this
+            assume(previous is None or previous[2] == token)  # the reference is silent on this
             by_label.setdefault(label, (None, label, token))
         else:
             add(tool["server_url"], label, token)

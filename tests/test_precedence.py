@@ -1,4 +1,4 @@
-"""Precedence (SPEC §4): per server, the first source in ``config.precedence`` wins.
+"""Precedence: per server, the first source in ``config.precedence`` wins.
 
 Which credential won is read from what the application sees; the audit trail of shadowing is
 tested with the audit log.

@@ -1,4 +1,4 @@
-"""The legacy provider-data header (SPEC §3): ``X-LlamaStack-Provider-Data``."""
+"""The legacy provider-data header: ``X-LlamaStack-Provider-Data``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §2: the fixed public names, their shapes and the package's typing marker."""
+"""The fixed public names, their shapes and the package's typing marker."""
 
 from __future__ import annotations
 

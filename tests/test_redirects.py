@@ -198,8 +198,8 @@ async def test_a_cross_origin_redirect_never_carries_the_credentials_extra_heade
     LIBRARY BUG at the time of writing: httpx and httpx2 build the redirected request from
     the previous one's headers and strip only ``Authorization`` on an origin change; the auth
     flow is not run again for the hop, so ``MCPBearerAuth`` never gets a chance to remove the
-    extra headers it set. SPEC §1 ("a token reaches only the server it was given for") and
-    §9 ("never uses a credential of another origin").
+    extra headers it set. "What it is for" ("a token reaches only the server it was given for") and
+    "Downstream" ("never uses a credential of another origin").
     """
     with use_credentials(sites.credentials()):
         await follow(module, f"{sites.origin}/r/{status}")
@@ -223,13 +223,13 @@ async def test_a_same_origin_redirect_never_carries_the_token_to_another_server(
     sites: Sites, module: str, status: int, start: str, landing: str, allowed: set[str | None]
 ) -> None:
     """``{origin}/s`` (credential S) redirects to ``{origin}/b/landed`` (credential B);
-    ``{origin}/n`` (credential N) to ``{origin}/nobody`` (none; the origin has four, so SPEC
-    §9's lone-credential fallback does not apply). The hop may carry its own server's
+    ``{origin}/n`` (credential N) to ``{origin}/nobody`` (none; the origin has four, so the
+    reference's lone-credential fallback does not apply). The hop may carry its own server's
     credential or nothing, never the previous server's.
 
     LIBRARY BUG at the time of writing: within an origin the client keeps every header of
     the previous request, ``Authorization`` included, and does not run the auth flow for the
-    hop. SPEC §3: "a token given for https://h/mcp is never sent to ... https://h/other".
+    hop. "Server identity": "a token given for https://h/mcp is never sent to ... https://h/other".
     """
     with use_credentials(sites.credentials()):
         await follow(module, f"{sites.origin}/{start}/{status}")
@@ -298,8 +298,8 @@ async def test_the_mcp_sdk_never_carries_the_token_to_another_server_of_the_orig
     LIBRARY BUG at the time of writing: the SDK builds the hop from the previous request's
     headers and ``MCPBearerAuth.apply`` only ever *sets* headers. Finding no credential for
     ``/nobody`` it leaves ``/n``'s ``Authorization`` and ``X-Api-Key`` on the request; for
-    ``/b/landed`` it replaces ``Authorization`` but leaves ``/s``'s ``X-Api-Key``. SPEC §3,
-    and §9 ("with no matching credential it sends the request unchanged" must not mean "with
+    ``/b/landed`` it replaces ``Authorization`` but leaves ``/s``'s ``X-Api-Key``. The reference,
+    and "Downstream" ("with no matching credential it sends the request unchanged" must
     the previous hop's credential").
     """
     with use_credentials(sites.credentials()):

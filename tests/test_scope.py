@@ -1,4 +1,4 @@
-"""SPEC §6: credentials are visible for exactly the request's lifetime, in no other request."""
+"""Credentials are visible for exactly the request's lifetime, in no other request."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-server headers (SPEC §3): ``X-MCP-<server_label>-Authorization: Bearer <token>``."""
+"""Per-server headers: ``X-MCP-<server_label>-Authorization: Bearer <token>``."""
 
 from __future__ import annotations
 

@@ -43,8 +43,8 @@ PATH = "/v1/responses"
 SECRET = "otel-sentinel-token-5c1f"
 
 BOTH_PATHS = [
-    pytest.param({}, id="inlined"),
-    pytest.param({"sources": (NothingSource(),)}, id="general"),
+    pytest.param({}, id="body-only"),
+    pytest.param({"sources": (NothingSource(),)}, id="with-custom-source"),
 ]
 
 Points = Counter[tuple[str, frozenset[tuple[str, Any]]]]

@@ -1,7 +1,7 @@
-"""Validation (SPEC §5): bad input gets an OpenAI-style JSON error and the app is not called.
+"""Refusals: bad input gets an OpenAI-style JSON error and the app is not called.
 
-Also what is inspected at all (SPEC §3): JSON bodies on POST, PUT and PATCH; everything else
-goes to the application with the server's own ``receive``.
+Also what is read at all: bodies that may be JSON objects, whatever the method; everything else
+goes to the application unbuffered.
 """
 
 from __future__ import annotations
