@@ -177,7 +177,8 @@ def parse_body(body: bytes, *, max_tools: int = 128) -> Body | None:
     else:
         if _json_loads_refuses(body) and _names_something(decoded):
             raise _invalid_body()
-    _check_counts(decoded.tools or (), max_tools)
+    if decoded.tools is not None and len(decoded.tools) > max_tools:  # (max_tools <= 4096)
+        _check_counts(decoded.tools, max_tools)
     return decoded
 
 
@@ -391,12 +392,15 @@ def read_credentials(
 ) -> list[MCPCredential]:
     """The body's credentials (see :class:`BodySource`): one per server at most.
 
-    ``tools`` are the MCP tools (anything with the fields of :class:`Tool`), each with its
-    place in the request's ``tools`` list, which errors name.
+    ``tools`` are the tools (anything with the fields of :class:`Tool`), each with its place
+    in the request's ``tools`` list, which errors name; those whose ``type`` is not ``"mcp"``
+    are skipped.
     """
     found: list[MCPCredential] = []
     by_server: dict[str, MCPCredential] = {}  # normalised server URL -> credential
     for position, tool in tools:
+        if tool.type != "mcp":
+            continue
         if tool.headers is not None:
             _check_headers(tool.headers, position)
         if tool.authorization is None or tool.authorization == "":
@@ -476,7 +480,7 @@ class BodySource:
     def read(self, request: SourceRequest) -> list[MCPCredential]:
         decoded = request.decoded
         if decoded is not None:
-            tools = [(i, t) for i, t in enumerate(decoded.tools or ()) if t.type == "mcp"]
+            tools = enumerate(decoded.tools or ())
             return read_credentials(tools, decoded.authorization, decoded.mcp_endpoint)
         body = request.body  # a SourceRequest made by hand
         if body is None:
