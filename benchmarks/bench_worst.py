@@ -3,7 +3,8 @@
 With the defaults (``max_body_bytes`` 16 MiB, ``max_tools`` 128, at most 4,096 items in
 ``tools``), each case below is one request built to cost the middleware as much as a body
 of its kind can: many tiny items, long lists of MCP tools with headers, bodies only
-``json.loads`` reads, deep nesting, non-ASCII text to validate. The figure is the wall time
+``json.loads`` reads, deep nesting, non-ASCII text to validate, header names that are
+costly to normalise; and one with ``redact_body`` on. The figure is the wall time
 from the middleware's call to the application's (or to the refusal), with the whole body in
 one message: the time the event loop cannot serve anyone else.
 
@@ -74,27 +75,45 @@ def cases() -> dict[str, bytes]:
         "16 MiB with a NaN (refused: not strict JSON)": _padded(
             b'{"tools":[' + json.dumps(_mcp_tool(0)).encode() + b'],"input":[', b"0", b",NaN]}"
         ),
-        # Up to 1 MiB: what msgspec refuses, json.loads reads.
-        "1 MiB of NaN (json.loads decides)": _padded(
+        # Up to JSON_FALLBACK_LIMIT: what msgspec refuses, json.loads reads.
+        "128 KiB of NaN (json.loads decides)": _padded(
             b'{"tools":[' + json.dumps(_mcp_tool(0)).encode() + b'],"input":[',
             b"NaN",
             b"]}",
             JSON_FALLBACK_LIMIT,
         ),
-        "1 MiB of empty objects in tools (json.loads decides, refused)": _padded(
+        "128 KiB of empty objects in tools (json.loads decides, refused)": _padded(
             b'{"temperature":NaN,"tools":[', b"{}", b"]}", JSON_FALLBACK_LIMIT
         ),
-        "1 MiB of empty items in tools (refused: too many)": _padded(
-            b'{"tools":[', b"{}", b"]}", JSON_FALLBACK_LIMIT
+        "128 KiB of nested arrays in an MCP tool's headers, and a NaN": _padded(
+            b'{"tools":[{"type":"mcp","server_label":"s","headers":[',
+            b"[]",
+            b']}],"n":NaN}',
+            JSON_FALLBACK_LIMIT,
         ),
+        "1 MiB of empty items in tools (refused: too many)": _padded(
+            b'{"tools":[', b"{}", b"]}", 1 << 20
+        ),
+        "128 MCP tools, header names of combining marks (16 KiB each)": json.dumps(
+            {
+                "tools": [
+                    _mcp_tool(i, {"a" + "\u0301" * 1300 + "\u0316" * 1300: "v"}) for i in range(128)
+                ]
+            }
+        ).encode(),
         "nesting just past json's recursion limit (refused)": b'{"tools":[],"x":'
         + b"[" * 2000
         + b"]" * 2000
         + b"}",
+        "redact_body: 16 MiB of small objects beside a credential": _padded(
+            json.dumps({"tools": [_mcp_tool(0)]}).encode()[:-1] + b',"input":[',
+            b'{"a":1}',
+            b"]}",
+        ),
     }
 
 
-async def _once(body: bytes) -> tuple[float, int]:
+async def _once(body: bytes, redact: bool) -> tuple[float, int]:
     """Wall seconds from the middleware's call to the app's call (or the refusal)."""
     marks: list[float] = []
     status = 200
@@ -111,7 +130,8 @@ async def _once(body: bytes) -> tuple[float, int]:
             status = message["status"]
             marks.append(time.perf_counter())
 
-    middleware = MCPAuthMiddleware(app, config=MCPAuthConfig(audit=False, telemetry=False))
+    config = MCPAuthConfig(audit=False, telemetry=False, redact_body=redact)
+    middleware = MCPAuthMiddleware(app, config=config)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -139,7 +159,7 @@ def measure(repeats: int, say: Callable[[str], object]) -> dict[str, Any]:
         times = []
         status = 0
         for _ in range(repeats):
-            seconds, status = asyncio.run(_once(body))
+            seconds, status = asyncio.run(_once(body, name.startswith("redact_body")))
             times.append(seconds)
         times.sort()
         median_ms = times[len(times) // 2] * 1000

@@ -41,6 +41,7 @@ RESERVED_HEADERS: Final = frozenset(
     }
 )
 
+_LONGEST_LOOK_ALIKE: Final = 32
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Visible ASCII, space and tab inside (RFC 9110 field-value, no obs-text): no CR, LF or NUL.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
@@ -72,12 +73,17 @@ def check_token(value: Any, *, require_bearer: bool) -> str | None:
 def is_authorization(name: str) -> bool:
     """Whether a header name is ``Authorization``: any case, surrounding whitespace, and the
     look-alikes that case mapping or NFKC turn into it (full-width letters, the dotless i)."""
-    if name.strip().casefold() == "authorization":
+    name = name.strip()
+    if name.casefold() == "authorization":
         return True
     # No HTTP stack sends a look-alike as Authorization, but no honest caller writes one.
+    # NFKC maps no character to nothing and composes none into ASCII, so a name much longer
+    # than "authorization" cannot become it; bounding it also bounds NFKC's cost, which
+    # grows with the square of a run of combining marks.
+    if name.isascii() or len(name) > _LONGEST_LOOK_ALIKE:
+        return False
     return (
-        not name.isascii()
-        and unicodedata.normalize("NFKC", name).strip().casefold().replace("\u0131", "i")
+        unicodedata.normalize("NFKC", name).strip().casefold().replace("\u0131", "i")
         == "authorization"
     )
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_auth_middleware.audit import CallerOf, authenticated_user
+from mcp_auth_middleware.checks import RESERVED_HEADERS
 from mcp_auth_middleware.credentials import CredentialSource
 from mcp_auth_middleware.sources.base import MCPCredentialSource
 from mcp_auth_middleware.sources.body import MAX_TOOL_ITEMS
@@ -26,6 +27,11 @@ DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_TOOLS: Final = 128
 _BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
 _CONSTRUCTOR_ONLY: Final = frozenset({"sources", "caller"})  # objects: no variable for them
+#: Header names the provider-data header may not take: framing, the request id, the
+#: caller's own Authorization, and hop-by-hop or MCP session headers.
+_NOT_PROVIDER_DATA: Final = frozenset(
+    {"authorization", "content-encoding", "content-type", "x-request-id"} | RESERVED_HEADERS
+)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -75,6 +81,9 @@ class MCPAuthConfig(BaseModel):
     def _header_name(cls, value: str) -> str:
         if not _HEADER_NAME.match(value):
             raise ValueError("must be an HTTP header name (letters, digits and -)")
+        if value.lower() in _NOT_PROVIDER_DATA:
+            # The middleware reads these for themselves: the source would never see them.
+            raise ValueError(f"{value!r} is a header the middleware reads for itself")
         return value
 
     @field_validator("precedence", "paths", mode="before")

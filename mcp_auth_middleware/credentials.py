@@ -230,10 +230,12 @@ class MCPCredential:
         return hash((self._server, self._server_label, str(self._source), self.fingerprint))
 
     def __repr__(self) -> str:
+        # getattr: a traceback that renders locals may show one whose __init__ refused it.
         return (
-            f"MCPCredential(server_url={redacted_url(self._server_url)!r}, "
-            f"server_label={self._server_label!r}, source={str(self._source)!r}, "
-            f"token=SecretStr('**********'), headers={self._headers!r})"
+            f"MCPCredential(server_url={redacted_url(getattr(self, '_server_url', None))!r}, "
+            f"server_label={getattr(self, '_server_label', None)!r}, "
+            f"source={str(getattr(self, '_source', None))!r}, token=SecretStr('**********'), "
+            f"headers={getattr(self, '_headers', _NO_HEADERS)!r})"
         )
 
     __str__ = __repr__

@@ -7,7 +7,6 @@ a JSON object -> ask each source -> resolve -> audit -> scope -> call the app ->
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from contextvars import ContextVar
 from typing import Any, Final
@@ -36,7 +35,7 @@ from mcp_auth_middleware.errors import (
 from mcp_auth_middleware.paths import path_matcher
 from mcp_auth_middleware.resolve import resolve
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
-from mcp_auth_middleware.sources.body import Body, BodySource, parse_body
+from mcp_auth_middleware.sources.body import BodySource, parse_body, redact_body
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
 from mcp_auth_middleware.sources.server_header import ServerHeaderSource
 
@@ -128,7 +127,7 @@ class MCPAuthMiddleware:
         request = SourceRequest(scope, scope["method"], scope["path"])
         del scope
         if refusal is not None:
-            await self._reject(request, send, request_id, refusal)
+            await self._refuse(request, send, request_id, refusal)
             return
         prepared = await self._prepare(request, receive, send, length, source_headers, request_id)
         if prepared is None:
@@ -162,6 +161,7 @@ class MCPAuthMiddleware:
         """
         replay: Receive = receive
         body: _Replay | None = None
+        refusal: CredentialRejected | None = None
         try:
             if self._reads_body and length is not None:
                 read = await self._read(receive, length)
@@ -182,19 +182,20 @@ class MCPAuthMiddleware:
                 if got:
                     found.append((source.name, got))
         except CredentialRejected as exc:
-            await self._reject(request, send, request_id, exc)
+            refusal = exc
+        if refusal is not None:
+            await self._refuse(request, send, request_id, refusal)
             return None
         credentials, resolved = resolve(found) if found else (EMPTY_CREDENTIALS, ())
         if self._auditor is not None and resolved:
             self._auditor.resolved(resolved, request, _request_id(request_id))
-        if self.config.redact_body and body is not None and _names_credentials(request.decoded):
-            try:
-                redacted = _redact(body.data())
-            except (ValueError, RecursionError):
+        if self.config.redact_body and body is not None and request.decoded is not None:
+            redacted = redact_body(body.data())
+            if redacted is None:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
                 invalid = CredentialRejected(INVALID_BODY, "body", source="body")
-                await self._reject(request, send, request_id, invalid)
+                await self._refuse(request, send, request_id, invalid)
                 return None
             declared = (b"content-length", str(len(redacted)).encode())
             headers = [(k, v) for k, v in request.scope["headers"] if k != declared[0]]
@@ -234,13 +235,17 @@ class MCPAuthMiddleware:
             if not message.get("more_body", False):
                 return _Replay(messages, receive), first is not None
 
-    async def _reject(
+    async def _refuse(
         self,
         request: SourceRequest,
         send: Send,
         request_id: bytes | None,
         exc: CredentialRejected,
     ) -> None:
+        """Answer ``exc``'s OpenAI-style error, and audit it. Called outside any ``except``
+        block, with the refusal's traceback dropped: its frames may hold the body, and an
+        error the audit log raises must not chain to it."""
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         if self._auditor is not None:
             self._auditor.rejected(exc, request, _request_id(request_id))
         payload = error_body(exc.message, code=exc.code, param=exc.param)
@@ -405,22 +410,3 @@ def _request_id(header: bytes | None) -> str | None:
 def _too_large(limit: int) -> CredentialRejected:
     message = MESSAGES[BODY_TOO_LARGE].format(limit=limit)
     return CredentialRejected(BODY_TOO_LARGE, "body", status=413, message=message)
-
-
-def _names_credentials(parsed: Body | None) -> bool:
-    return parsed is not None and (
-        parsed.authorization not in (None, "")
-        or any(t.type == "mcp" and t.authorization not in (None, "") for t in parsed.tools or ())
-    )
-
-
-def _redact(raw: bytes) -> bytes:
-    """The body without the ``authorization`` values the body source reads."""
-    document = json.loads(raw)
-    document.pop("authorization", None)
-    tools = document.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            if isinstance(tool, dict) and tool.get("type") == "mcp":
-                tool.pop("authorization", None)
-    return json.dumps(document).encode()

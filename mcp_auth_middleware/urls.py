@@ -121,7 +121,7 @@ def normalize_server_url(url: str) -> str:
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":  # not "*.localhost": a resolver may ask DNS for those
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -314,13 +314,13 @@ PATH_PARTS = ["/v1", "/responses", "/a", "/b", "/", "x", ".", "*", "?", "[", "\n
 )
 def test_path_matching_is_fnmatch_of_any_pattern(patterns: list[str], path: str) -> None:
     """Literal patterns go through a set, the others through a regular expression: the
-    answer is fnmatch's (case-sensitive) for any of the patterns, against the path as sent
-    or with runs of "/" merged and one trailing "/" removed; a path holding a control
+    answer is fnmatch's, case-insensitively, for any of the patterns, against the path as
+    sent or with runs of "/" merged and one trailing "/" removed; a path holding a control
     character is always guarded."""
     merged = re.sub("//+", "/", path)
     forms = {path, merged, merged[:-1] if len(merged) > 1 and merged.endswith("/") else merged}
     expected = not path.isprintable() or any(
-        re.fullmatch(fnmatch.translate(p), f) for p in patterns for f in forms
+        re.fullmatch(fnmatch.translate(p), f, re.IGNORECASE) for p in patterns for f in forms
     )
     assert path_matcher(patterns)({"path": path, "root_path": ""}) == expected
 

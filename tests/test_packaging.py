@@ -74,11 +74,12 @@ def run(
 
 
 def source_files(directory: str) -> set[str]:
-    """The checkout's ``*.py`` (and ``py.typed``) under ``directory``, relative to the root."""
+    """The checkout's ``*.py``, ``*.md`` and ``py.typed`` under ``directory``, relative to
+    the root."""
     return {
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / directory).rglob("*")
-        if p.suffix == ".py" or p.name == "py.typed"
+        if p.suffix in (".py", ".md") or p.name == "py.typed"
     }
 
 

@@ -4,21 +4,23 @@
 The parser must read what the application's parser reads, and it must do a bounded amount of
 work whatever the body holds. So:
 
-* msgspec reads the top-level object, keeping ``tools``, ``authorization`` and
-  ``mcp_endpoint`` as raw JSON and skipping everything else without building objects;
-* ``tools`` is then decoded item by item into structs of scalars (a field holding an object or
-  an array sends the body to the rules below); a ``tools`` list over 1 MiB is decoded into at
-  most :data:`MAX_TOOL_ITEMS` items, so no list costs more than that many objects;
-* where msgspec refuses a body of at most 1 MiB, ``json.loads`` (Starlette's, FastAPI's and
-  Quart's parser) decides: BOMs, UTF-16/32, lone surrogates and ``NaN`` read as it reads
-  them. A larger body that msgspec refuses is refused (``invalid_body``): reading it with
-  ``json.loads`` could block the event loop for a second;
+* msgspec decodes only ``tools``, ``authorization`` and ``mcp_endpoint``, and only into
+  scalars and raw JSON: each item of ``tools`` into a struct of its scalar fields (its
+  ``headers`` kept raw, and decoded for MCP tools only, up to :data:`MAX_HEADERS_JSON`), the
+  top-level fields raw. Everything else is skipped without building objects. In a body over
+  1 MiB, ``tools`` is decoded into at most :data:`MAX_TOOL_ITEMS` + 1 items, so no list costs
+  more objects than that;
+* where msgspec refuses a body of at most :data:`JSON_FALLBACK_LIMIT` (a field holding an
+  object or array where a scalar belongs, BOMs, UTF-16/32, lone surrogates, ``NaN``),
+  ``json.loads`` (Starlette's, FastAPI's and Quart's parser) decides, as it reads it. A larger
+  body that msgspec refuses is refused (``invalid_body``): ``json.loads`` could build
+  millions of objects for it;
 * where msgspec accepts a body that ``json.loads`` would refuse (invalid UTF-8 inside a
   string nobody reads, an integer longer than ``sys.get_int_max_str_digits()``), the two
   kinds of application (msgspec-based ones such as Litestar, ``json``-based ones) disagree:
   the body is refused if it names anything to read, and passes through otherwise;
-* nesting too deep for either parser, when ``json.loads`` is the one that must decide, is
-  refused rather than passed through.
+* nesting too deep for ``json.loads``, when it is the one that must decide, is refused
+  rather than passed through.
 
 Both parsers keep the last of duplicate keys and resolve ``\\u`` escapes in keys.
 """
@@ -26,9 +28,11 @@ Both parsers keep the last of duplicate keys and resolve ``\\u`` escapes in keys
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 import msgspec
@@ -59,14 +63,17 @@ __all__ = [
     "check_tool_headers",
     "parse_body",
     "read_credentials",
+    "redact_body",
 ]
 
 #: Most items a ``tools`` list may hold, MCP or not (``too_many_tools`` above).
 MAX_TOOL_ITEMS: Final = 4096
 #: Largest body that ``json.loads`` reads when msgspec refuses it (``invalid_body`` above).
-JSON_FALLBACK_LIMIT: Final = 1 << 20
+JSON_FALLBACK_LIMIT: Final = 128 * 1024
 #: Largest JSON an MCP tool's ``headers`` may take (``invalid_headers`` above).
 MAX_HEADERS_JSON: Final = 16 * 1024
+# Bodies up to this size have ``tools`` decoded as a list; larger ones into a bounded struct.
+_ONE_LIST_LIMIT: Final = 1 << 20
 
 _BODY: Final = CredentialSource.BODY.value
 _SOURCE: Final = CredentialSource.BODY
@@ -76,7 +83,7 @@ _ABSENT: Final = msgspec.Raw()
 
 
 class Tool(msgspec.Struct, gc=False):
-    """One object of ``tools``, as decoded: only the fields a source reads."""
+    """One item of ``tools``, as decoded: only the fields a source reads."""
 
     type: Any = None
     server_url: Any = None
@@ -105,23 +112,13 @@ class Body(msgspec.Struct, gc=False):
         return [("tools", self.tools)]
 
 
-_NOT_A_TOOL: Final = Tool()  # an item of ``tools`` that is no object
-_decode_whole = msgspec.json.Decoder(Body).decode
+_NOT_A_TOOL: Final = Tool()  # an item of ``tools`` that is not an MCP tool
 
-
-# A body over 1 MiB is decoded in two bounded steps instead: the three fields as raw JSON,
-# then ``tools`` into at most MAX_TOOL_ITEMS + 1 items of scalars (``headers`` raw, decoded
-# for MCP tools only), so no body makes the decoder build more objects than that.
-class _RawFields(msgspec.Struct, gc=False):
-    tools: msgspec.Raw = _ABSENT
-    authorization: msgspec.Raw = _ABSENT
-    mcp_endpoint: msgspec.Raw = _ABSENT
-
-
+# What msgspec decodes into: scalars and raw JSON only.
 _Scalar = str | int | float | bool | None
 
 
-class _ScalarTool(msgspec.Struct, gc=False):
+class _RawTool(msgspec.Struct, gc=False):
     type: _Scalar = None
     server_url: _Scalar = None
     server_label: _Scalar = None
@@ -132,25 +129,41 @@ class _ScalarTool(msgspec.Struct, gc=False):
         return [("type", self.type)]
 
 
+class _Ignored(msgspec.Struct, gc=False):
+    """A JSON object where none is read (``tools`` as an object): skipped."""
+
+
 class _Endpoint(msgspec.Struct, gc=False):
-    uri: _Scalar = None
+    uri: msgspec.Raw = _ABSENT
 
 
+_Item = _RawTool | _Scalar
 # msgspec skips the items past a positional struct's last field without building them; a
 # value in the last field says the list is too long.
 _Items = msgspec.defstruct(
     "_Items",
-    [
-        (f"item{n}", _ScalarTool | _Scalar | msgspec.UnsetType, msgspec.UNSET)
-        for n in range(MAX_TOOL_ITEMS + 1)
-    ],
+    [(f"item{n}", _Item | msgspec.UnsetType, msgspec.UNSET) for n in range(MAX_TOOL_ITEMS + 1)],
     array_like=True,
     gc=False,
 )
-_decode_raw_fields = msgspec.json.Decoder(_RawFields).decode
-_decode_items = msgspec.json.Decoder(_Items).decode
+
+
+class _Fields(msgspec.Struct, gc=False):
+    tools: list[_Item] | _Ignored | _Scalar = None
+    authorization: msgspec.Raw = _ABSENT
+    mcp_endpoint: msgspec.Raw = _ABSENT
+
+
+class _LargeFields(msgspec.Struct, gc=False):
+    tools: _Items | _Scalar = None  # type: ignore[valid-type]
+    authorization: msgspec.Raw = _ABSENT
+    mcp_endpoint: msgspec.Raw = _ABSENT
+
+
+_decode_fields = msgspec.json.Decoder(_Fields).decode
+_decode_large_fields = msgspec.json.Decoder(_LargeFields).decode
 _decode_scalar = msgspec.json.Decoder(_Scalar).decode
-_decode_endpoint = msgspec.json.Decoder(_Endpoint | _Scalar).decode
+_decode_endpoint = msgspec.json.Decoder(_Endpoint).decode
 _decode_any = msgspec.json.Decoder().decode
 _MSGSPEC_REFUSES = (msgspec.MsgspecError, ValueError, RecursionError)
 _NOT_A_STRING: Final = object()  # an object or array where a string belongs
@@ -164,59 +177,65 @@ def parse_body(body: bytes, *, max_tools: int = 128) -> Body | None:
     (``invalid_body``), too many tools (``too_many_tools``) or an MCP tool's ``headers``
     over :data:`MAX_HEADERS_JSON` (``invalid_headers``). See the module docstring.
     """
-    large = len(body) > JSON_FALLBACK_LIMIT
+    with _collector_paused():
+        return _parse(body, max_tools)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector around a parse. A body of many small arrays
+    or objects makes the parser allocate containers fast enough to start collections, and a
+    full collection walks every object of the process (hundreds of milliseconds in a large
+    one): the parse makes no reference cycles, and what it built is freed as soon as it is
+    dropped."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
     try:
-        decoded = _decode_large(body, max_tools) if large else _decode_whole(body)
+        yield
+    finally:
+        gc.enable()
+
+
+def _parse(body: bytes, max_tools: int) -> Body | None:
+    try:
+        fields = (_decode_fields if len(body) <= _ONE_LIST_LIMIT else _decode_large_fields)(body)
+        # Raw fields are decoded here: invalid UTF-8 in them is msgspec refusing the body.
+        decoded = _body_of(fields, max_tools)
     except _MSGSPEC_REFUSES:
-        if large:
+        if len(body) > JSON_FALLBACK_LIMIT:
             raise _invalid_body() from None
-        fallback = _decode_with_json(body)
-        if fallback is None:
-            return None
-        decoded = fallback
-    else:
-        if _json_loads_refuses(body) and _names_something(decoded):
-            raise _invalid_body()
-    if decoded.tools is not None and len(decoded.tools) > max_tools:  # (max_tools <= 4096)
-        _check_counts(decoded.tools, max_tools)
+        return _decode_with_json(body, max_tools)
+    if _json_loads_refuses(body) and _names_something(decoded):
+        raise _invalid_body()
     return decoded
 
 
-def _decode_large(body: bytes, max_tools: int) -> Body:
-    fields = _decode_raw_fields(body)
-    tools = None
-    if _opens(fields.tools, b"["):  # anything else is not a list: not ours to judge
-        values = msgspec.structs.astuple(_decode_items(fields.tools))
+def _body_of(fields: _Fields | _LargeFields, max_tools: int) -> Body:
+    """The decoded fields as a :class:`Body`: MCP tools with their headers decoded."""
+    items: Any = fields.tools
+    if type(items) is _Items:
+        values = msgspec.structs.astuple(items)
         if values[-1] is not msgspec.UNSET:
             raise _too_many_tools(max_tools)  # more items than the struct has fields
         # The list ends at the first unset field (an explicit null decodes as None).
         items = values[: values.index(msgspec.UNSET)]
-        mcp = sum(1 for item in items if type(item) is _ScalarTool and item.type == "mcp")
-        if mcp > max_tools:
-            raise _too_many_tools(max_tools)  # before any headers are decoded
+    tools = None
+    if type(items) is list or type(items) is tuple:
+        _check_counts(items, max_tools)  # before any headers are decoded
         tools = [
-            Tool(
-                item.type,
-                item.server_url,
-                item.server_label,
-                item.authorization,
-                _headers_of(position, item.headers) if item.type == "mcp" else None,
-            )
-            if type(item) is _ScalarTool
+            Tool(t.type, t.server_url, t.server_label, t.authorization, _headers_of(i, t.headers))
+            if type(t) is _RawTool and t.type == "mcp"
             else _NOT_A_TOOL
-            for position, item in enumerate(items)
+            for i, t in enumerate(items)
         ]
-    mcp_endpoint = None
-    if _opens(fields.mcp_endpoint, b"{"):
-        endpoint = _decode_endpoint(fields.mcp_endpoint)
-        assert isinstance(endpoint, _Endpoint)
-        mcp_endpoint = {"uri": endpoint.uri}
+    endpoint = fields.mcp_endpoint
+    if endpoint and memoryview(endpoint)[:1].tobytes() == b"{":
+        mcp_endpoint: Any = {"uri": _scalar_or_marker(_decode_endpoint(endpoint).uri)}
+    else:  # absent, or not an object: it names no server
+        mcp_endpoint = _scalar_or_marker(endpoint)
     return Body(tools, _scalar_or_marker(fields.authorization), mcp_endpoint)
-
-
-def _opens(raw: msgspec.Raw, bracket: bytes) -> bool:
-    """Whether a raw JSON value is an array (``b"["``) or an object (``b"{"``)."""
-    return bool(raw) and memoryview(raw)[:1] == bracket
 
 
 def _scalar_or_marker(raw: msgspec.Raw) -> Any:
@@ -231,16 +250,15 @@ def _scalar_or_marker(raw: msgspec.Raw) -> Any:
 
 
 def _headers_of(position: int, raw: msgspec.Raw) -> Any:
+    """An MCP tool's ``headers``, decoded; ``invalid_headers`` over MAX_HEADERS_JSON."""
     if not raw:
         return None
     if len(raw) > MAX_HEADERS_JSON:
-        param = f"tools[{position}].headers"
-        message = MESSAGES[INVALID_HEADERS].format(param=param, limit=MAX_HEADERS_JSON)
-        raise CredentialRejected(INVALID_HEADERS, param, message=message, source=_BODY)
+        raise _headers_too_large(position)
     return _decode_any(raw)
 
 
-def _decode_with_json(body: bytes) -> Body | None:
+def _decode_with_json(body: bytes, max_tools: int) -> Body | None:
     try:
         document = json.loads(body)
     except RecursionError:
@@ -249,40 +267,52 @@ def _decode_with_json(body: bytes) -> Body | None:
         return None  # the application cannot parse it either
     if not isinstance(document, dict):
         return None
-    tools = document.get("tools")
-    return Body(
-        # Not a list: not ours to judge, the application answers as it would. Items that are
-        # not objects keep their place, so positions in errors are the caller's.
-        [
-            Tool(
-                tool.get("type"),
-                tool.get("server_url"),
-                tool.get("server_label"),
-                tool.get("authorization"),
-                tool.get("headers"),
-            )
-            if isinstance(tool, dict)
-            else _NOT_A_TOOL
-            for tool in tools
-        ]
-        if isinstance(tools, list)
-        else None,
-        document.get("authorization"),
-        document.get("mcp_endpoint"),
+    items = document.get("tools")
+    tools = None
+    if isinstance(items, list):
+        # Items that are not MCP tools keep their place, so positions in errors are the
+        # caller's.
+        _check_counts(items, max_tools)
+        tools = [_tool_of_json(i, t) for i, t in enumerate(items)]
+    return Body(tools, document.get("authorization"), document.get("mcp_endpoint"))
+
+
+def _tool_of_json(position: int, item: Any) -> Tool:
+    if not isinstance(item, dict) or item.get("type") != "mcp":
+        return _NOT_A_TOOL
+    headers = item.get("headers")
+    if headers is not None and len(json.dumps(headers)) > MAX_HEADERS_JSON:
+        raise _headers_too_large(position)
+    return Tool(
+        "mcp", item.get("server_url"), item.get("server_label"), item.get("authorization"), headers
     )
 
 
-def _check_counts(tools: Sequence[Tool], max_tools: int) -> None:
+def _check_counts(items: Sequence[Any], max_tools: int) -> None:
     """At most MAX_TOOL_ITEMS items, and at most ``max_tools`` of them MCP tools."""
-    if len(tools) > MAX_TOOL_ITEMS or (
-        len(tools) > max_tools and sum(1 for tool in tools if tool.type == "mcp") > max_tools
+    if len(items) > max_tools and (
+        len(items) > MAX_TOOL_ITEMS or sum(1 for t in items if _is_mcp(t)) > max_tools
     ):
         raise _too_many_tools(max_tools)
+
+
+def _is_mcp(item: Any) -> bool:
+    """Whether a decoded item of ``tools`` (a struct, or ``json.loads``'s dict) is an MCP
+    tool."""
+    if type(item) is dict:
+        return item.get("type") == "mcp"
+    return getattr(item, "type", None) == "mcp"
 
 
 def _too_many_tools(max_tools: int) -> CredentialRejected:
     message = MESSAGES[TOO_MANY_TOOLS].format(limit=max_tools, items=MAX_TOOL_ITEMS)
     return CredentialRejected(TOO_MANY_TOOLS, "tools", message=message, source=_BODY)
+
+
+def _headers_too_large(position: int) -> CredentialRejected:
+    param = f"tools[{position}].headers"
+    message = MESSAGES[INVALID_HEADERS].format(param=param, limit=MAX_HEADERS_JSON)
+    return CredentialRejected(INVALID_HEADERS, param, message=message, source=_BODY)
 
 
 def _names_something(body: Body) -> bool:
@@ -353,6 +383,63 @@ def _invalid_body() -> CredentialRejected:
     return CredentialRejected(INVALID_BODY, "body", source=_BODY)
 
 
+# --- redact_body ---------------------------------------------------------------------------
+
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_items_raw = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def redact_body(raw: bytes) -> bytes | None:
+    """``raw`` without the ``authorization`` values the body source reads (top level, and
+    each MCP tool's), re-encoded; ``None`` if no parser both sides share can read it.
+
+    Only the members that hold them are rewritten: the rest of the body is copied as raw
+    JSON, so the work is a copy of the body, whatever it holds. A body with no
+    ``authorization`` key anywhere (not even one a later duplicate or a ``\\u`` escape
+    hides) is returned as is.
+    """
+    if b"authorization" not in raw and b"\\u" not in raw:  # (keys are case-sensitive)
+        return raw
+    with _collector_paused():
+        return _redacted(raw)
+
+
+def _redacted(raw: bytes) -> bytes | None:
+    try:
+        members = _decode_members(raw)
+        members.pop("authorization", None)
+        tools = members.get("tools")
+        if tools is not None and memoryview(tools)[:1].tobytes() == b"[":
+            items = [_redacted_tool(item) for item in _decode_items_raw(tools)]
+            members["tools"] = msgspec.Raw(b"[" + b",".join(items) + b"]")
+        return _encode(members)
+    except _MSGSPEC_REFUSES:
+        pass
+    # What msgspec refuses, json.loads reads only up to JSON_FALLBACK_LIMIT (parse_body refused
+    # larger ones): rewrite the document it reads.
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    document.pop("authorization", None)
+    for tool in document.get("tools") if isinstance(document.get("tools"), list) else ():
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            tool.pop("authorization", None)
+    return json.dumps(document).encode()
+
+
+def _redacted_tool(item: msgspec.Raw) -> bytes:
+    if memoryview(item)[:1].tobytes() != b"{":
+        return bytes(item)
+    tool = _decode_members(item)
+    kind = tool.get("type")
+    if kind is None or _scalar_or_marker(kind) != "mcp" or "authorization" not in tool:
+        return bytes(item)
+    del tool["authorization"]
+    return _encode(tool)
+
+
 # --- reading credentials -------------------------------------------------------------------
 
 
@@ -398,6 +485,7 @@ def read_credentials(
     """
     found: list[MCPCredential] = []
     by_server: dict[str, MCPCredential] = {}  # normalised server URL -> credential
+    by_label: dict[str, MCPCredential] = {}  # case-folded label -> label-only credential
     for position, tool in tools:
         if tool.type != "mcp":
             continue
@@ -413,8 +501,11 @@ def read_credentials(
                 )
             continue
         cred = _credential(position, tool.authorization, tool.server_url, label)
-        if cred.server is None or _first_for_server(cred, by_server, position):
-            found.append(cred)  # (without a server: a connector, known by its label only)
+        if cred.server is not None:
+            if _first_for_server(cred, by_server, position):
+                found.append(cred)
+        elif _first_for_label(cred, by_label, position):  # a connector: known by its label
+            found.append(cred)
     if authorization is not None and authorization != "":
         uri = mcp_endpoint.get("uri") if type(mcp_endpoint) is dict else None
         cred = _credential(None, authorization, uri, None)
@@ -443,6 +534,22 @@ def _param(position: int | None, code: str) -> str:
         return "authorization" if code == INVALID_AUTHORIZATION else "mcp_endpoint.uri"
     field = "authorization" if code == INVALID_AUTHORIZATION else "server_url"
     return f"tools[{position}].{field}"
+
+
+def _first_for_label(
+    cred: MCPCredential, by_label: dict[str, MCPCredential], position: int
+) -> bool:
+    """Whether a credential known only by its label is the first for that label (compared
+    case-insensitively, as per-server headers name labels); ``conflicting_credentials`` if an
+    earlier one has another token."""
+    assert cred.server_label is not None
+    previous = by_label.setdefault(cred.server_label.casefold(), cred)
+    if previous is cred:
+        return True
+    if not previous.same_token(cred):
+        param = f"tools[{position}].server_label"
+        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    return False
 
 
 def _first_for_server(
