@@ -31,8 +31,7 @@ import codecs
 import gc
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -177,25 +176,18 @@ def parse_body(body: bytes, *, max_tools: int = 128) -> Body | None:
     (``invalid_body``), too many tools (``too_many_tools``) or an MCP tool's ``headers``
     over :data:`MAX_HEADERS_JSON` (``invalid_headers``). See the module docstring.
     """
-    with _collector_paused():
-        return _parse(body, max_tools)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector around a parse. A body of many small arrays
-    or objects makes the parser allocate containers fast enough to start collections, and a
-    full collection walks every object of the process (hundreds of milliseconds in a large
-    one): the parse makes no reference cycles, and what it built is freed as soon as it is
-    dropped."""
-    if not gc.isenabled():
-        yield
-        return
+    # Python's cyclic garbage collector is paused around the parse. A body of many small
+    # arrays or objects makes the parser allocate containers fast enough to start
+    # collections, and a full collection walks every object of the process (hundreds of
+    # milliseconds in a large one): the parse makes no reference cycles, and what it built
+    # is freed as soon as it is dropped.
+    paused = gc.isenabled()
     gc.disable()
     try:
-        yield
+        return _parse(body, max_tools)
     finally:
-        gc.enable()
+        if paused:
+            gc.enable()
 
 
 def _parse(body: bytes, max_tools: int) -> Body | None:
@@ -401,8 +393,13 @@ def redact_body(raw: bytes) -> bytes | None:
     """
     if b"authorization" not in raw and b"\\u" not in raw:  # (keys are case-sensitive)
         return raw
-    with _collector_paused():
+    paused = gc.isenabled()  # as in parse_body
+    gc.disable()
+    try:
         return _redacted(raw)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _redacted(raw: bytes) -> bytes | None:
