@@ -339,7 +339,9 @@ def _content_length(values: list[bytes]) -> int:
     """The declared length; ``-1`` if it is not one plain decimal of at most 18 digits, or
     several differ."""
     first = values[0].strip(b" \t")
-    if len(first) > 18 or not first.isdigit() or any(v.strip(b" \t") != first for v in values):
+    if len(first) > 18 or not first.isdigit():
+        return -1
+    if len(values) > 1 and any(value.strip(b" \t") != first for value in values):
         return -1
     return int(first)
 
