@@ -267,8 +267,9 @@ class MCPCredentials:
                 raise TypeError(f"expected MCPCredential items, got a {type(cred).__name__}")
             server = cred._server
             if server is not None:
-                if by_url.setdefault(server.url, cred) is not cred:
+                if server.url in by_url:
                     raise ValueError("two credentials for the same server")
+                by_url[server.url] = cred
             elif cred._server_label is None:
                 if default is not None:
                     raise ValueError("two default credentials")

@@ -54,7 +54,8 @@ MESSAGES: Final[dict[str, str]] = {
         "ASCII characters without whitespace."
     ),
     CONFLICTING_CREDENTIALS: (
-        "Invalid '{param}': two MCP tools name the same server with different credentials."
+        "Invalid '{param}': another credential in this request names the same MCP server "
+        "with a different token."
     ),
     INVALID_PROVIDER_DATA: (
         "Invalid '{param}': expected a JSON object whose 'mcp_headers' maps absolute server "

@@ -261,6 +261,42 @@ async def test_source_returning_non_credentials_is_a_programming_error(
     assert app.state.recorder.calls == []
 
 
+TWO_FOR_ONE_SERVER = {
+    "one-url-two-spellings": [
+        MCPCredential(token="tok-first", source="sloppy", server_url=URL),
+        MCPCredential(
+            token="tok-second", source="sloppy", server_url="https://MCP.example.com:443/mcp/"
+        ),
+    ],
+    "same-token-twice": [MCPCredential(token="tok", source="sloppy", server_url=URL)] * 2,
+    "one-label": [
+        MCPCredential(token="tok-first", source="sloppy", server_label="docs"),
+        MCPCredential(token="tok-second", source="sloppy", server_label="DOCS"),
+    ],
+    "two-defaults": [
+        MCPCredential(token="tok-first", source="sloppy"),
+        MCPCredential(token="tok-second", source="sloppy"),
+    ],
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("result", TWO_FOR_ONE_SERVER.values(), ids=TWO_FOR_ONE_SERVER.keys())
+@pytest.mark.parametrize("with_body", [False, True], ids=["alone", "beside-the-body"])
+async def test_source_returning_two_credentials_for_one_server_is_a_programming_error(
+    result: list[MCPCredential], with_body: bool
+) -> None:
+    """Nothing orders two credentials of one source: neither is picked, the app is not
+    called, and the error names the source (never a token)."""
+    app = make_app(MCPAuthConfig(sources=(SloppySource(result),)))
+    body = {"tools": [mcp_tool(OTHER, "from-body", "o")]} if with_body else {}
+    async with client(app) as c:
+        with pytest.raises(ValueError, match="credential source 'sloppy'") as raised:
+            await c.post("/v1/responses", json=body)
+    assert "tok" not in str(raised.value)
+    assert app.state.recorder.calls == []
+
+
 @pytest.mark.parametrize("name", ["body", "provider_data", "server_header"], ids=str)
 def test_config_refuses_a_custom_source_named_like_a_builtin(name: str) -> None:
     source = VaultSource()

@@ -10,11 +10,12 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_auth_middleware import MCPAuthConfig, MCPCredential, MCPCredentials, ProviderDataMode
+from mcp_auth_middleware import MCPAuthConfig, MCPCredential, ProviderDataMode
 from mcp_auth_middleware.resolve import resolve
+from mcp_auth_middleware.urls import parse_server_url
 from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -233,16 +234,40 @@ def _found(draw: st.DrawFn) -> list[tuple[str, list[MCPCredential]]]:
     return out
 
 
+def _server_of(cred: MCPCredential) -> tuple[str, str]:
+    """Which server a credential is for, from its public fields: the normalised URL, else
+    the case-folded label, else the default."""
+    if cred.server_url is not None:
+        return ("url", parse_server_url(cred.server_url).url)
+    if cred.server_label is not None:
+        return ("label", cred.server_label.casefold())
+    return ("default", "")
+
+
+@settings(max_examples=300)
 @given(_found())
-def test_resolved_set_is_one_per_server_and_answers_like_a_checked_set(
+def test_the_first_source_wins_per_server_and_a_source_with_two_is_refused(
     found: list[tuple[str, list[MCPCredential]]],
 ) -> None:
-    """``resolve()`` builds its set without the public constructor's checks: its winners
-    must pass them, and every lookup must answer as on a set built the public way."""
+    """Per server, the first source in order wins and each later one that has it is listed
+    as shadowed. A source that gives two credentials for one server has no order to decide
+    by: ``resolve()`` raises, whatever the other sources say, rather than pick one."""
+    if any(len({_server_of(c) for c in creds}) < len(creds) for _, creds in found):
+        with pytest.raises(ValueError, match=r"credential source '[a-z0-9]+': two"):
+            resolve(found)
+        return
     creds, resolved = resolve(found)
-    checked = MCPCredentials(creds)  # raises if two winners claim one server, or two defaults
-    assert [c for c, _ in resolved] == list(creds)
-    for key in [*_URLS, *_LABELS]:
-        if key is not None:
-            assert creds.for_server(key) is checked.for_server(key)
-    assert creds.default is checked.default
+    expected: dict[tuple[str, str], tuple[MCPCredential, list[str]]] = {}
+    for source, given_creds in found:
+        for cred in given_creds:
+            if _server_of(cred) in expected:
+                expected[_server_of(cred)][1].append(source)
+            else:
+                expected[_server_of(cred)] = (cred, [])
+    assert [(c, list(shadowed)) for c, shadowed in resolved] == list(expected.values())
+    assert list(creds) == [c for c, _ in expected.values()]
+    for server, (cred, _) in expected.items():
+        if server[0] == "url":
+            assert creds.for_server(server[1]) is cred
+        elif server[0] == "default":
+            assert creds.default is cred

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_auth_middleware import MCPAuthConfig
+from mcp_auth_middleware.urls import parse_server_url
 from tests.helpers import Recorder, client, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
@@ -142,3 +146,77 @@ async def test_header_requires_bearer_token(value: str) -> None:
     assert "h1" not in response.text
     assert "dXNlcjpwYXNz" not in response.text
     assert recorder.calls == []
+
+
+@pytest.mark.anyio
+async def test_two_labels_of_one_server_with_different_tokens_are_refused() -> None:
+    """Tools ``a`` and ``b`` name one server (written two ways): which header's token it
+    gets would be up to header order, so the request is refused and the app not called."""
+    tools = [mcp_tool(URL, ..., "a"), mcp_tool("HTTPS://MCP.example.com:443/mcp/", ..., "b")]
+    headers = {
+        "X-MCP-a-Authorization": "Bearer secret-a-9f3",
+        "X-MCP-b-Authorization": "Bearer secret-b-7c1",
+    }
+    response, recorder = await post(headers, {"tools": tools})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("conflicting_credentials", "X-MCP-b-Authorization")
+    assert "secret-" not in response.text
+    assert recorder.calls == []
+
+
+@pytest.mark.anyio
+async def test_two_labels_of_one_server_with_the_same_token_give_one_credential() -> None:
+    tools = [mcp_tool(URL, ..., "a"), mcp_tool(URL, ..., "b")]
+    headers = {"X-MCP-a-Authorization": "Bearer same", "X-MCP-b-Authorization": "Bearer same"}
+    response, recorder = await post(headers, {"tools": tools})
+    assert response.status_code == 200
+    assert recorder.calls[0]["credentials"] == [credential("same", URL, "a")]
+
+
+# Equivalent and distinct spellings of two servers, to let generated labels collide.
+_FORMS = {
+    URL: [URL, "HTTPS://MCP.example.com:443/mcp/", "https://mcp.example.com/mcp#frag"],
+    OTHER_URL: [OTHER_URL, "https://OTHER.example.com/mcp/"],
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.tuples(
+            st.sampled_from(
+                [(server, i) for server, forms in _FORMS.items() for i in range(len(forms))]
+            ),
+            st.sampled_from(["t1", "t2"]),
+        ),
+        min_size=1,
+    )
+)
+def test_generated_labels_each_server_gets_its_one_token_or_the_request_is_refused(
+    labels: dict[str, tuple[tuple[str, int], str]],
+) -> None:
+    """Each label is one tool (its server written in one of several equivalent forms) and
+    one header. A server whose labels bring two different tokens is refused; otherwise each
+    server gets exactly the token its labels brought."""
+    tools = [
+        mcp_tool(_FORMS[server][form], ..., label) for label, ((server, form), _) in labels.items()
+    ]
+    headers = {
+        f"X-MCP-{label}-Authorization": f"Bearer {tok}" for label, (_, tok) in labels.items()
+    }
+    tokens: dict[str, set[str]] = {}
+    for (server, _), tok in labels.values():
+        tokens.setdefault(server, set()).add(tok)
+    response, recorder = anyio.run(post, headers, {"tools": tools})
+    if any(len(given) > 1 for given in tokens.values()):
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "conflicting_credentials"
+        assert recorder.calls == []
+        return
+    assert response.status_code == 200
+    got = {
+        parse_server_url(c["server_url"]).url: c["token"] for c in recorder.calls[0]["credentials"]
+    }
+    assert got == {parse_server_url(server).url: next(iter(t)) for server, t in tokens.items()}

@@ -78,12 +78,9 @@ class ProviderDataSource:
             cred = self._credential(url, headers)
             if cred is None:
                 continue
-            previous = found.get(key)
-            if previous is not None and previous.token.get_secret_value() != (
-                cred.token.get_secret_value()
-            ):
+            previous = found.setdefault(key, cred)
+            if not previous.same_token(cred):
                 raise CredentialRejected(CONFLICTING_CREDENTIALS, self.header, source=_SOURCE)
-            found.setdefault(key, cred)
         return list(found.values())
 
     def _credential(self, url: str, headers: dict[Any, Any]) -> MCPCredential | None:

@@ -3,7 +3,8 @@
 LiteLLM's convention, for callers that cannot put a token in the body (a browser app whose
 gateway adds it from a cookie). The label is matched case-insensitively against the body's
 MCP tools, whose ``server_url`` the credential is then bound to; a label that no tool carries
-gives a credential known by its (lower-cased) label only.
+gives a credential known by its (lower-cased) label only. Two headers whose labels name the
+same server with different tokens are refused (``conflicting_credentials``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ServerHeaderSource:
 
     def read(self, request: SourceRequest) -> list[MCPCredential]:
         found: list[MCPCredential] = []
+        by_server: dict[str, MCPCredential] = {}  # normalised server URL -> credential
         labels = request.body.labels() if request.body is not None else {}
         for key, values in request.headers.items():
             if not (key.startswith(PREFIX) and key.endswith(SUFFIX)):
@@ -60,14 +62,17 @@ class ServerHeaderSource:
                 raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
             if urls:
                 tool = next(t for t in tools if isinstance(t.server_url, str))
-                found.append(
-                    MCPCredential(
-                        token=token,
-                        source=CredentialSource.SERVER_HEADER,
-                        server_url=tool.server_url,
-                        server_label=tool.server_label,
-                    )
+                cred = MCPCredential(
+                    token=token,
+                    source=CredentialSource.SERVER_HEADER,
+                    server_url=tool.server_url,
+                    server_label=tool.server_label,
                 )
+                previous = by_server.setdefault(urls.pop(), cred)
+                if previous is cred:
+                    found.append(cred)
+                elif not previous.same_token(cred):  # another label, the same server
+                    raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
             else:
                 found.append(
                     MCPCredential(
