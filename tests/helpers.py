@@ -32,9 +32,9 @@ from mcp_auth_middleware.sources.base import SourceRequest
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The error codes of the fail-closed rules, as literals: some constants are newer than
-# some versions of ``mcp_auth_middleware.errors``, and a test must fail in its assertions,
-# never at import.
+# The error codes of the fail-closed rules, as literals rather than imported from
+# ``mcp_auth_middleware.errors``: they are part of the wire contract, so a change to a
+# code's value must fail the tests.
 AUTHORIZATION_IN_HEADERS = "authorization_in_headers"
 AUTHORIZATION_IN_PROVIDER_DATA = "authorization_in_provider_data"
 INVALID_BODY = "invalid_body"

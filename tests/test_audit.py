@@ -433,14 +433,14 @@ async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
 
 
 # With the body source alone, and with a custom source asked beside it.
-BOTH_PATHS = [
+SOURCE_SETS = [
     pytest.param(MCPAuthConfig(), id="body-only"),
     pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="with-custom-source"),
 ]
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 @pytest.mark.parametrize(
     ("label", "path", "request_id"),
     [
@@ -473,7 +473,7 @@ async def test_caller_chosen_fields_are_printable_and_bounded(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_first_request_id_header_wins_and_is_bounded(
     audit_log: list[dict[str, Any]], config: MCPAuthConfig
 ) -> None:
@@ -497,7 +497,7 @@ def test_fingerprint_matches_hashlib_sha256(token: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_each_body_tool_gets_its_own_event(
     audit_log: list[dict[str, Any]], config: MCPAuthConfig
 ) -> None:
@@ -566,7 +566,7 @@ def authenticated_app(config: MCPAuthConfig) -> Any:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_the_authenticated_starlette_user_is_the_caller_of_every_event(
     audit_log: list[dict[str, Any]], config: MCPAuthConfig
 ) -> None:
@@ -601,7 +601,7 @@ async def test_authentication_inside_the_middleware_comes_too_late_for_the_calle
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_a_custom_caller_reads_scope_state(
     audit_log: list[dict[str, Any]], config: MCPAuthConfig
 ) -> None:

@@ -49,7 +49,6 @@ from mcp_auth_middleware.sources.base import MCPTool, ParsedBody, SourceRequest
 from mcp_auth_middleware.sources.body import (
     MAX_TOOL_ITEMS,
     BodySource,
-    check_tool_headers,
     parse_body,
 )
 from mcp_auth_middleware.sources.provider_data import RESERVED_HEADERS, ProviderDataSource
@@ -1465,7 +1464,6 @@ def body_verdict(parsed: ParsedBody | None) -> Verdict:
         return ("not-json",)
     request = SourceRequest({"type": "http"}, "POST", "/", {}, parsed)
     try:
-        check_tool_headers(parsed)
         found = BodySource().read(request)
     except CredentialRejected as exc:
         return ("refused", exc.code, exc.param)

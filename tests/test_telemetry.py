@@ -42,7 +42,7 @@ OTHER = "https://other.example.com/mcp"
 PATH = "/v1/responses"
 SECRET = "otel-sentinel-token-5c1f"
 
-BOTH_PATHS = [
+SOURCE_SETS = [
     pytest.param({}, id="body-only"),
     pytest.param({"sources": (NothingSource(),)}, id="with-custom-source"),
 ]
@@ -113,7 +113,7 @@ def everything_exported(exporter: InMemorySpanExporter, reader: InMemoryMetricRe
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_each_credential_is_an_event_on_the_server_span(
     spans: tuple[TracerProvider, InMemorySpanExporter],
     counted: Callable[[], Points],
@@ -215,7 +215,7 @@ async def test_a_rejection_is_an_event_an_attribute_and_a_count_by_code(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", BOTH_PATHS)
+@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_telemetry_off_records_nothing(
     spans: tuple[TracerProvider, InMemorySpanExporter],
     counted: Callable[[], Points],

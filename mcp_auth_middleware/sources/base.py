@@ -25,7 +25,6 @@ __all__ = [
     "MCPCredentialSource",
     "MCPTool",
     "ParsedBody",
-    "RequestHeaders",
     "SourceRequest",
     "check_token",
     "parse_token",
@@ -103,38 +102,6 @@ class ParsedBody:
         return by_label
 
 
-class RequestHeaders:
-    """The request's raw ASGI headers (names lower-cased by the server, as ASGI requires),
-    looked up by name. Built with one C-level pass; a name that occurs more than once is
-    answered from the raw list, in order."""
-
-    __slots__ = ("_first", "_raw", "repeated")
-
-    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
-        self._raw = raw if type(raw) is list else list(raw)
-        self._first = dict(reversed(self._raw))  # first value wins, as in Starlette
-        #: Whether any name occurs more than once.
-        self.repeated = len(self._first) != len(self._raw)
-
-    def values(self, name: bytes) -> list[bytes]:
-        """Every value of the header ``name`` (lower case), in order."""
-        if self.repeated:
-            return [value for key, value in self._raw if key == name]
-        value = self._first.get(name)
-        return [] if value is None else [value]
-
-    def first(self, name: bytes) -> bytes | None:
-        """The first value of ``name`` (lower case), or ``None``."""
-        return self._first.get(name)
-
-    def names(self) -> Iterable[bytes]:
-        """Every header name, once each."""
-        return self._first.keys()
-
-    def __repr__(self) -> str:  # values may be credentials
-        return f"RequestHeaders({[name.decode('latin-1') for name in self._first]!r})"
-
-
 class SourceRequest:
     """The request as a source sees it.
 
@@ -146,7 +113,7 @@ class SourceRequest:
     middleware stored).
     """
 
-    __slots__ = ("_body", "_headers", "_raw", "decoded", "method", "path", "scope")
+    __slots__ = ("_body", "_headers", "decoded", "method", "path", "scope")
 
     def __init__(
         self,
@@ -155,7 +122,6 @@ class SourceRequest:
         path: str,
         headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
-        raw_headers: RequestHeaders | None = None,
         decoded: Any = None,
     ) -> None:
         self.scope = scope
@@ -163,7 +129,6 @@ class SourceRequest:
         self.path = path
         self._body = body
         self._headers = headers
-        self._raw = raw_headers
         #: The middleware's decoded body (``mcp_auth_middleware.sources.body.Body``), if any.
         self.decoded = decoded
 
@@ -187,9 +152,10 @@ class SourceRequest:
         """All values of a header (name matched case-insensitively), in order."""
         if self._headers is not None:
             return self._headers.get(name.lower(), ())
-        if self._raw is None:
-            self._raw = RequestHeaders(self.scope.get("headers", ()))
-        return [v.decode("latin-1") for v in self._raw.values(name.lower().encode("latin-1"))]
+        # ASGI servers send the names lower-cased; Starlette's ``Headers`` relies on it too.
+        key = name.lower().encode("latin-1")
+        headers = self.scope.get("headers", ())
+        return [value.decode("latin-1") for raw, value in headers if raw == key]
 
     def header(self, name: str) -> str | None:
         """The first value of a header (name matched case-insensitively), or ``None``."""

@@ -49,7 +49,7 @@ from mcp_auth_middleware.errors import (
     TOO_MANY_TOOLS,
     CredentialRejected,
 )
-from mcp_auth_middleware.sources.base import ParsedBody, SourceRequest
+from mcp_auth_middleware.sources.base import SourceRequest
 from mcp_auth_middleware.urls import redacted_url
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "Body",
     "BodySource",
     "Tool",
-    "check_tool_headers",
     "parse_body",
     "read_credentials",
     "redact_body",
@@ -455,12 +454,6 @@ def _header_names(headers: Any) -> Iterable[Any]:
                 names.extend(item.keys())
         return names
     return ()
-
-
-def check_tool_headers(body: ParsedBody) -> None:
-    """Refuse an MCP tool whose ``headers`` smuggle an ``Authorization`` (any case, any shape)."""
-    for tool in body.tools:
-        _check_headers(tool.headers, tool.position)
 
 
 def _check_headers(headers: Any, position: int) -> None:
