@@ -322,37 +322,38 @@ class MCPCredentials:
         The credential whose normalised URL, query included, is the request's; else, on the
         same origin, the one whose path is the longest whole-segment prefix of the request's
         path, a credential with a query matching only requests with exactly that query (so
-        it is preferred over one without a query at the same path); else the only credential
-        of that origin, if it names no query. The order credentials were given in never
-        decides.
+        it is preferred over one without a query at the same path). A URL under no
+        credential's server gets none, even when its origin has a single credential. When the
+        request's path has dot segments, the credential must be the same whether a server
+        removes them or routes them as they are; otherwise none. The order credentials were
+        given in never decides.
         """
-        exact = self._by_url.get(request.url)
-        if exact is not None:
-            return exact
+        chosen = self._by_url.get(request.url)
+        if chosen is None:
+            chosen = self._longest_prefix(request, request.path)
+        if (
+            request.literal_path != request.path
+            and self._longest_prefix(request, request.literal_path) is not chosen
+        ):
+            return None
+        return chosen
+
+    def _longest_prefix(self, request: ServerURL, path: str) -> MCPCredential | None:
         best: MCPCredential | None = None
         best_rank = (-1, False)
-        same_origin: list[MCPCredential] = []
         for cred in self._by_url.values():
             server = cred._server
             assert server is not None
             if server.origin != request.origin:
                 continue
-            same_origin.append(cred)
             if server.query and server.query != request.query:
                 continue
-            if not path_is_prefix(server.path, request.path):
+            if not path_is_prefix(server.path, path):
                 continue
             rank = (len(server.path), bool(server.query))
             if rank > best_rank:
                 best, best_rank = cred, rank
-        if best is not None:
-            return best
-        # The SSE transport posts to a URL the server names (``/messages/?session_id=...``):
-        # the only credential of the origin covers it, unless that credential names a query,
-        # which keeps it to requests with exactly that query.
-        if len(same_origin) == 1 and not same_origin[0].server.query:  # type: ignore[union-attr]
-            return same_origin[0]
-        return None
+        return best
 
     def __iter__(self) -> Iterator[MCPCredential]:
         return iter(self._items)

@@ -3,21 +3,30 @@
 :class:`MCPBearerAuth` is an ``auth=`` for ``httpx`` and ``httpx2`` clients (the ``mcp`` SDK
 2.x uses httpx2). For each outgoing request it reads :func:`current_credentials` and picks
 the credential for that request's server: the one whose URL (query included) is the
-request's; else, on the same origin, the longest whole-segment path prefix; failing that, the
-only credential of that origin (the SSE transport posts to a ``/messages`` URL that the
-server names). Never another origin's credential, never the
-unbound ``default``, never a token on plain ``http://`` to a non-loopback host unless
-``allow_insecure_http=True``. No matching credential: the request goes out unchanged.
+request's; else, on the same origin, the longest whole-segment path prefix. Paths are compared
+as servers resolve them, and a path they could resolve differently gets no token (see
+``urls``). The SSE transport's message endpoint, which the server announces on its event
+stream, gets the credential of that stream (see ``endpoints``). Nothing else: no origin-wide
+fallback, never another origin's credential, never the unbound ``default``, never a token on
+plain ``http://`` to a non-loopback host unless ``allow_insecure_http=True``. No matching
+credential: the request goes out unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from mcp_auth_middleware.checks import check_extra_header, check_token
 from mcp_auth_middleware.context import current_credentials
-from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
-from mcp_auth_middleware.urls import is_loopback_host, parse_server_url, server_url_of
+from mcp_auth_middleware.credentials import InvalidCredential, MCPCredential, MCPCredentials
+from mcp_auth_middleware.endpoints import EndpointBindings
+from mcp_auth_middleware.urls import (
+    AmbiguousPath,
+    is_loopback_host,
+    parse_server_url,
+    server_url_of,
+)
 
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 # Request extension naming the headers this auth set, so the next hop can remove them.
@@ -71,7 +80,7 @@ class MCPBearerAuth(_AuthBase):
     owned by one pooled MCP session, a background job), by the same matching rules.
     """
 
-    __slots__ = ("_fixed", "allow_insecure_http")
+    __slots__ = ("_endpoints", "_fixed", "allow_insecure_http")
 
     def __init__(
         self,
@@ -83,25 +92,29 @@ class MCPBearerAuth(_AuthBase):
         if credentials is not None and not isinstance(credentials, MCPCredentials):
             credentials = MCPCredentials(credentials)
         self._fixed: MCPCredentials | None = credentials
+        self._endpoints = EndpointBindings()
 
     def credential_for(self, request: Any) -> MCPCredential | None:
         """The credential this outgoing request would carry (``None``: sent unchanged)."""
         url = request.url
         raw_path: bytes = url.raw_path
         path, _, query = raw_path.decode("latin-1").partition("?")
-        target = server_url_of(
-            url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
-        )
+        try:
+            target = server_url_of(
+                url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
+            )
+        except AmbiguousPath:
+            return None
         creds = self._fixed if self._fixed is not None else current_credentials()
-        return creds.match_request(target)
+        chosen = creds.match_request(target)
+        stream = self._endpoints.get(target.url) if self._endpoints else None
+        if stream is None or creds.for_server(stream.server_url or "") is not stream:
+            return chosen  # no endpoint bound here, or its stream's set is not in force
+        # An SSE message endpoint: its stream's credential, unless the URL is under another
+        # credential's server (then the two disagree and neither is sent).
+        return stream if chosen is None or chosen is stream else None
 
-    def apply(self, request: Any) -> Any:
-        """Set ``Authorization`` (and the credential's extra headers) on ``request``.
-
-        Headers this auth set on an earlier hop of the same request (a redirect copies them)
-        are removed first, so a redirected request carries only what its own URL's
-        credential allows, or nothing.
-        """
+    def _apply(self, request: Any) -> MCPCredential | None:
         extensions = request.extensions
         for name in extensions.get(_APPLIED, ()):
             request.headers.pop(name, None)
@@ -113,17 +126,45 @@ class MCPBearerAuth(_AuthBase):
                 request.url.raw_host.decode("latin-1"),
                 self.allow_insecure_http,
             )
+            bearer = cred.bearer()
+            # Checked when the credential was made; checked again because an HTTP client
+            # that refuses a header value puts the value in its error message and logs.
+            if check_token(bearer, require_bearer=True) is None:
+                raise InvalidCredential("token", "not a valid header value")
+            if not all(check_extra_header(n, v) for n, v in cred.headers.items()):
+                raise InvalidCredential("headers", "not valid header values")
             for name, value in cred.headers.items():
                 request.headers[name] = value
-            request.headers["Authorization"] = cred.bearer()
+            request.headers["Authorization"] = bearer
             applied = (*cred.headers, "Authorization")
         if applied or _APPLIED in extensions:
             # A new dict: a redirect's request shares the previous hop's.
             request.extensions = {**extensions, _APPLIED: applied}
+        return cred
+
+    def apply(self, request: Any) -> Any:
+        """Set ``Authorization`` (and the credential's extra headers) on ``request``.
+
+        Headers this auth set on an earlier hop of the same request (a redirect copies them)
+        are removed first, so a redirected request carries only what its own URL's
+        credential allows, or nothing.
+        """
+        self._apply(request)
         return request
 
     def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-        yield self.apply(request)
+        cred = self._apply(request)
+        response = yield request
+        if cred is not None:
+            self._endpoints.watch(request, response, cred, asynchronous=False)
+
+    sync_auth_flow = auth_flow
+
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
+        cred = self._apply(request)
+        response = yield request
+        if cred is not None:
+            self._endpoints.watch(request, response, cred, asynchronous=True)
 
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""

@@ -36,13 +36,12 @@ from mcp.types import CallToolResult, ListToolsResult
 from mcp_types import INVALID_REQUEST
 
 from mcp_auth_middleware.context import current_credentials, use_credentials
-from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
 from mcp_auth_middleware.urls import (
     ServerURL,
     is_loopback_host,
     parse_server_url,
-    path_is_prefix,
     redacted_url,
 )
 
@@ -394,11 +393,9 @@ class MCPSessionPool:
             bound = cred.server
             if bound is None:  # the unbound tool-runtime default: the caller named the server
                 cred = cred.replace(server_url=server_url)
-            elif not (
-                bound.origin == server.origin
-                and path_is_prefix(bound.path, server.path)
-                and (not bound.query or bound.query == server.query)
-            ):
+            elif MCPCredentials([cred]).match_request(server) is not cred:
+                # The rule MCPBearerAuth applies: the URL is the credential's server or
+                # under it, whichever way a server resolves the path.
                 raise ValueError(CREDENTIAL_FOR_OTHER_SERVER)
         if (
             cred is not None

@@ -5,19 +5,30 @@ lower-cased, default port dropped, empty path equal to ``/``, one trailing slash
 fragment and user-info dropped. Scheme, port, path and query stay significant, so a token
 given for ``https://h/mcp`` is never sent to ``http://h/mcp``, ``https://h:8443/mcp`` or
 ``https://h/other``.
+
+Paths are compared as servers resolve them (RFC 3986, section 6.2.2): percent-encoded
+unreserved characters are decoded, other percent-encodings upper-cased, dot segments removed.
+A path that a server or a front end could still resolve differently is *ambiguous*: an
+encoded ``/``, ``\\`` or ``%``, an encoded control character, a malformed percent-encoding,
+a backslash, a ``;`` in a dot segment or an empty one, or an empty segment (``//``, which some front
+ends merge into one slash). A server URL with an ambiguous path is refused; an
+outgoing request to one gets no token.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 __all__ = [
     "MAX_SERVER_URL_LENGTH",
+    "AmbiguousPath",
     "ServerURL",
     "is_loopback_host",
+    "normalize_path",
     "normalize_server_url",
     "parse_server_url",
     "path_is_prefix",
@@ -31,12 +42,20 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_SERVER_URL_LENGTH = 2048
 
 
+class AmbiguousPath(ValueError):
+    """A URL path that servers and front ends may resolve in different ways."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"URL path is ambiguous: {why}")
+
+
 class ServerURL(NamedTuple):
     """A parsed, normalised server URL; ``str()`` of it via :attr:`url`."""
 
     scheme: str
     host: str
     port: int | None
+    #: The path after RFC 3986 normalisation (dot segments removed).
     path: str
     query: str
 
@@ -44,6 +63,10 @@ class ServerURL(NamedTuple):
     url: str
     #: The form for logs: the query (which may carry secrets) replaced by a marker.
     loggable: str
+    #: The path as a server that does not remove dot segments routes it (percent-encoded
+    #: unreserved characters decoded, dot segments kept). Equal to :attr:`path` unless the
+    #: path has dot segments.
+    literal_path: str
 
     @property
     def origin(self) -> tuple[str, str, int | None]:
@@ -56,7 +79,39 @@ class ServerURL(NamedTuple):
         return self.__repr__()
 
 
-def _normalize_path(path: str) -> str:
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT = re.compile(r"%(.{0,2})")
+# Encodings a server may decode into a separator, a second round of decoding or a control.
+_UNSAFE_ENCODED = frozenset({"2F", "5C", "25", "7F", *(f"{n:02X}" for n in range(0x20))})
+_HEX = frozenset("0123456789ABCDEFabcdef")
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) != 2 or not (code[0] in _HEX and code[1] in _HEX):
+        raise AmbiguousPath("malformed percent-encoding")
+    code = code.upper()
+    if code in _UNSAFE_ENCODED:
+        raise AmbiguousPath("an encoded separator, percent sign or control character")
+    char = chr(int(code, 16))
+    return char if char in _UNRESERVED else "%" + code
+
+
+def _remove_dot_segments(segments: list[str]) -> str:
+    """RFC 3986 section 5.2.4 on a path split at ``/`` (the first item empty)."""
+    out: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is "/a/": the last segment resolved to a directory
+    return "/" + "/".join(out)
+
+
+def _trim(path: str) -> str:
     if not path:
         return "/"
     if len(path) > 1 and path.endswith("/"):
@@ -64,12 +119,45 @@ def _normalize_path(path: str) -> str:
     return path
 
 
+def normalize_path(path: str) -> tuple[str, str]:
+    """``(path, literal_path)`` of a URL path as sent (see the module docstring).
+
+    Raises :class:`AmbiguousPath` for a path that servers may resolve differently.
+    """
+    if "\\" in path or not path.isprintable() or not path.isascii():
+        raise AmbiguousPath("a backslash, control or non-ASCII character")
+    if "//" in path:
+        raise AmbiguousPath("an empty segment")
+    if "%" in path:
+        path = _PERCENT.sub(_decode_unreserved, path)
+    if "." not in path and ";" not in path and "%3B" not in path:
+        path = _trim(path)
+        return path, path
+    segments = path.split("/")
+    dots = False
+    for segment in segments:
+        name, params, _ = segment.replace("%3B", ";").partition(";")
+        if params and name in ("", ".", ".."):
+            # Servlet containers drop ";..." parameters: this segment would become empty
+            # (then merged) or a dot segment after a router decided where it goes.
+            raise AmbiguousPath("a ';' in an empty or dot segment")
+        if name in (".", ".."):
+            dots = True
+    if not dots:
+        path = _trim(path)
+        return path, path
+    if not path.startswith("/"):
+        raise AmbiguousPath("dot segments in a relative path")
+    return _trim(_remove_dot_segments(segments)), _trim(path)
+
+
 @lru_cache(maxsize=1024)
 def parse_server_url(url: str) -> ServerURL:
     """Parse an absolute ``http``/``https`` URL into its normalised parts.
 
-    Raises ``ValueError`` (with a message that does not repeat the URL) when it is not one.
-    Cached: a gateway talks to few servers, and their URLs repeat on every request.
+    Raises ``ValueError`` (with a message that does not repeat the URL) when it is not one,
+    :class:`AmbiguousPath` (a ``ValueError``) when its path is ambiguous. Cached: a gateway
+    talks to few servers, and their URLs repeat on every request.
     """
     if not isinstance(url, str) or len(url) > MAX_SERVER_URL_LENGTH:
         raise ValueError(f"server URL must be a string of at most {MAX_SERVER_URL_LENGTH} chars")
@@ -89,17 +177,18 @@ def parse_server_url(url: str) -> ServerURL:
 
 def server_url_of(scheme: str, host: str, port: int | None, path: str, query: str) -> ServerURL:
     """The normalised :class:`ServerURL` of parts already split and lower-cased (an outgoing
-    request's URL, say): default port dropped, empty path ``/``, one trailing slash ignored."""
+    request's URL, say): default port dropped, path normalised (:func:`normalize_path`; raises
+    :class:`AmbiguousPath`), empty path ``/``, one trailing slash ignored."""
     if port == _DEFAULT_PORTS.get(scheme):
         port = None
-    path = _normalize_path(path)
+    path, literal = normalize_path(path)
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
     base = f"{scheme}://{netloc}{path}"
     if not query:
-        return ServerURL(scheme, host, port, path, "", base, base)
-    return ServerURL(scheme, host, port, path, query, f"{base}?{query}", f"{base}?…")
+        return ServerURL(scheme, host, port, path, "", base, base, literal)
+    return ServerURL(scheme, host, port, path, query, f"{base}?{query}", f"{base}?…", literal)
 
 
 def redacted_url(url: Any) -> str | None:

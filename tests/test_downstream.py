@@ -126,17 +126,17 @@ ROUTING = [
         None,
         id="lone-query-credential-never-falls-back-to-another-query",
     ),
-    # the SSE fallback: the only credential of the origin
+    # no origin-wide fallback: the only credential of an origin covers its own server only
     pytest.param(
-        {f"{H}/sse": "t1"}, f"{H}/messages/?session_id=abc", "t1", id="sse-fallback-only-one"
+        {f"{H}/sse": "t1"}, f"{H}/messages/?session_id=abc", None, id="lone-credential-no-fallback"
     ),
     pytest.param(
         {f"{H}/sse": "t1", "https://other.example.com/messages": "t2"},
         f"{H}/messages/?session_id=abc",
-        "t1",
-        id="sse-fallback-ignores-other-origins",
+        None,
+        id="lone-credential-other-origins-no-fallback",
     ),
-    pytest.param(ONE, f"{H}/mcpx", "t1", id="sse-fallback-covers-any-path-of-the-origin"),
+    pytest.param(ONE, f"{H}/mcpx", None, id="lone-credential-not-a-segment-prefix"),
     pytest.param(TWO, f"{H}/messages/?session_id=abc", None, id="two-on-origin-no-prefix"),
     # other origins: never
     pytest.param(ONE, "http://mcp.example.com/mcp", None, id="other-scheme-http"),
