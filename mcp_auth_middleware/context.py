@@ -1,4 +1,11 @@
-"""The request-scoped credentials: one ``ContextVar``, an accessor and a scoping helper."""
+"""The request-scoped credentials: one ``ContextVar``, an accessor and a scoping helper.
+
+The variable holds a :class:`_Scope`, not the credentials themselves. Every context copied
+during a request (a spawned task, a worker started then, ``contextvars.copy_context()``)
+shares that one scope object, so when the request ends and the scope is closed, all of them
+see an empty set at once: credentials live exactly as long as their request (or their
+``use_credentials`` block), however long a copy of the context lives.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,45 @@ from mcp_auth_middleware.credentials import EMPTY_CREDENTIALS, MCPCredential, MC
 
 __all__ = ["current_credentials", "use_credentials"]
 
-_credentials: ContextVar[MCPCredentials] = ContextVar(
-    "mcp_auth_middleware.credentials", default=EMPTY_CREDENTIALS
+
+class _Scope:
+    """The credentials of one request or ``use_credentials`` block, until it is closed."""
+
+    __slots__ = ("credentials",)
+
+    def __init__(self, credentials: MCPCredentials) -> None:
+        self.credentials = credentials
+
+    def close(self) -> None:
+        self.credentials = EMPTY_CREDENTIALS
+
+    def __repr__(self) -> str:
+        return f"<credentials scope: {len(self.credentials)} credential(s)>"
+
+
+_credentials: ContextVar[_Scope | None] = ContextVar(
+    "mcp_auth_middleware.credentials", default=None
 )
 
 
 def current_credentials() -> MCPCredentials:
-    """The credentials of the request being served; an empty set outside a request."""
-    return _credentials.get()
+    """The credentials of the request being served; an empty set outside a request and,
+    once the request has ended, in anything that outlived it."""
+    scope = _credentials.get()
+    return EMPTY_CREDENTIALS if scope is None else scope.credentials
+
+
+@contextmanager
+def scoped(credentials: MCPCredentials) -> Iterator[MCPCredentials]:
+    """Scope ``credentials`` for the ``with`` block; closed on exit for every context copied
+    inside it."""
+    scope = _Scope(credentials)
+    token = _credentials.set(scope)
+    try:
+        yield credentials
+    finally:
+        scope.close()
+        _credentials.reset(token)
 
 
 @contextmanager
@@ -26,12 +64,10 @@ def use_credentials(
 ) -> Iterator[MCPCredentials]:
     """Scope ``credentials`` for the ``with`` block (tests, workers, background jobs).
 
-    The previous value is restored on exit, whatever happens in the block.
+    The previous value is restored on exit, whatever happens in the block; tasks and copied
+    contexts that outlive the block see an empty set from then on.
     """
     if not isinstance(credentials, MCPCredentials):
         credentials = MCPCredentials(credentials)
-    token = _credentials.set(credentials)
-    try:
-        yield credentials
-    finally:
-        _credentials.reset(token)
+    with scoped(credentials) as scoped_credentials:
+        yield scoped_credentials

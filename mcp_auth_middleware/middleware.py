@@ -15,17 +15,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
-from mcp_auth_middleware.context import _credentials
+from mcp_auth_middleware.context import _credentials, _Scope
 from mcp_auth_middleware.credentials import (
     EMPTY_CREDENTIALS,
     CredentialSource,
+    InvalidCredential,
     MCPCredential,
     MCPCredentials,
 )
 from mcp_auth_middleware.errors import (
     BODY_TOO_LARGE,
+    INVALID_AUTHORIZATION,
     INVALID_BODY,
     INVALID_CONTENT_LENGTH,
+    INVALID_HEADERS,
+    INVALID_SERVER_URL,
     MESSAGES,
     UNSUPPORTED_CHARSET,
     UNSUPPORTED_CONTENT_ENCODING,
@@ -137,10 +141,14 @@ class MCPAuthMiddleware:
         if not credentials:
             await self.app(request.scope, replay, send)
             return
-        token = _credentials.set(credentials)
+        # Closed when the request ends: contexts copied during it (tasks, workers it
+        # started) see an empty set from then on.
+        held = _Scope(credentials)
+        token = _credentials.set(held)
         try:
             await self.app(request.scope, replay, send)
         finally:
+            held.close()
             _credentials.reset(token)
 
     async def _prepare(
@@ -176,9 +184,12 @@ class MCPAuthMiddleware:
             for source, custom, own_headers_only in self._sources:
                 if own_headers_only and not source_headers:
                     continue
-                got: Any = source.read(request)
-                if custom:
-                    got = await _checked(got, source.name)
+                try:
+                    got: Any = source.read(request)
+                    if custom:
+                        got = await _checked(got, source.name)
+                except InvalidCredential as exc:  # a custom source made a bad credential
+                    raise _invalid_from(source.name, exc) from None
                 if got:
                     found.append((source.name, got))
         except CredentialRejected as exc:
@@ -399,6 +410,20 @@ async def _checked(got: Any, name: str) -> list[MCPCredential]:
         if not isinstance(cred, MCPCredential):
             raise TypeError(f"credential source {name!r} returned a {type(cred).__name__}")
     return items
+
+
+_INVALID_FIELD_CODES: Final = {
+    "headers": INVALID_HEADERS,
+    "server_url": INVALID_SERVER_URL,
+}
+
+
+def _invalid_from(name: str, exc: InvalidCredential) -> CredentialRejected:
+    """The 400 for a credential a source could not make (the message names the field and the
+    rule, never the value)."""
+    code = _INVALID_FIELD_CODES.get(exc.field, INVALID_AUTHORIZATION)
+    message = f"Credential source '{name}' gave an invalid credential: {exc}."
+    return CredentialRejected(code, name, message=message, source=name)
 
 
 def _request_id(header: bytes | None) -> str | None:

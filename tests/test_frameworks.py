@@ -8,7 +8,9 @@ response, its background tasks, its worker threads for sync handlers):
 * ``POST /v1/stream``: a streaming response whose generator reads the credentials after
   each chunk, long after the handler returned;
 * ``POST /v1/background``: schedules a background task that records the credentials
-  (Litestar and Quart; a plain ASGI app has no such thing);
+  (Litestar and Quart; a plain ASGI app has no such thing). Litestar runs it before the
+  request ends, so it sees them; Quart runs it after, so it sees none unless the handler
+  passes them on with ``use_credentials``, which the Quart route does as a second record;
 * ``POST /v1/tools``: a sync handler (run in a worker thread by Litestar and Quart) that
   takes no body and reads provider-data header credentials.
 
@@ -44,6 +46,7 @@ from mcp_auth_middleware import (
     MCPAuthMiddleware,
     MCPCredentials,
     current_credentials,
+    use_credentials,
 )
 from mcp_auth_middleware.errors import AUTHORIZATION_IN_HEADERS
 from mcp_auth_middleware.testing import serve
@@ -156,9 +159,13 @@ def quart_app(config: MCPAuthConfig) -> FrameworkApp:
 
     @app.post("/v1/background")
     async def background() -> dict[str, Any]:
+        given = current_credentials()  # Quart runs the task after the request has ended
+
         async def task() -> None:
             await anyio.sleep(0.01)  # after the response has gone
             seen.record("background")
+            with use_credentials(given):
+                seen.record("background-given")
             seen.background.set()
 
         app.add_background_task(task)
@@ -298,15 +305,22 @@ async def test_a_streaming_generator_sees_the_credentials_after_the_handler_retu
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("framework", ["litestar", "quart"], indirect=True)  # plain ASGI: none
-async def test_a_background_task_sees_the_credentials_of_the_request_that_scheduled_it(
+async def test_a_background_task_sees_the_credentials_only_while_the_request_lasts(
     framework: FrameworkApp,
 ) -> None:
+    """Litestar runs background tasks inside the request: they see its credentials. Quart
+    runs them after it ended: they see none, unless the handler passes them on."""
     async with client(framework.app) as c:
         r = await c.post("/v1/background", json=_body(mcp_tool(URL, token="tok-bg")))
         assert r.status_code == 200
         await eventually(framework.seen.background.is_set, seconds=TIMEOUT)
-    [task] = [seen for route, _, seen in framework.seen.calls if route == "background"]
-    assert [(c["server_url"], c["token"]) for c in task["credentials"]] == [(URL, "tok-bg")]
+    seen = {route: s["credentials"] for route, _, s in framework.seen.calls}
+    expected = [(URL, "tok-bg")]
+    if framework.name == "quart":
+        assert seen["background"] == []
+        assert [(c["server_url"], c["token"]) for c in seen["background-given"]] == expected
+    else:
+        assert [(c["server_url"], c["token"]) for c in seen["background"]] == expected
 
 
 @pytest.mark.anyio

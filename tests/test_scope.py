@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -221,24 +222,29 @@ async def test_visible_in_tasks_spawned_from_the_handler() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_task_spawned_by_the_request_keeps_its_credentials_after_the_response() -> None:
-    """A fire-and-forget task belongs to its request even when it outlives it."""
+async def test_a_task_spawned_by_the_request_loses_its_credentials_when_the_request_ends() -> None:
+    """A fire-and-forget task sees the credentials while its request lasts, and none after:
+    the token is never sent once the request is over."""
     release = anyio.Event()
     spawned: list[asyncio.Task[list[str]]] = []
 
+    during: list[list[str]] = []
+
     async def late_reader() -> list[str]:
+        during.append(tokens_in_scope())
         await release.wait()
         return tokens_in_scope()
 
     async def endpoint(request: Request) -> Response:
         spawned.append(asyncio.create_task(late_reader()))
+        await anyio.sleep(0.01)  # the task runs while the request lasts
         return PlainTextResponse("ok")
 
     async with client(app_with(endpoint)) as c:
         await c.post(PATH, json=body_for("tok-late"))
-    assert tokens_in_scope() == []
+    assert during == [["tok-late"]]
     release.set()
-    assert await spawned[0] == ["tok-late"]
+    assert await spawned[0] == []
 
 
 # -- reset when the request ends -------------------------------------------------------------
@@ -530,3 +536,80 @@ async def test_use_credentials_in_concurrent_tasks_stays_in_each_task() -> None:
             tg.start_soon(worker, i)
     assert seen == {i: [[f"tok-w{i}"]] * 4 for i in range(50)}
     assert len(current_credentials()) == 0
+
+
+# -- nothing outlives the request -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_worker_started_by_one_request_never_sends_its_token_for_another() -> None:
+    """A queue consumer created lazily by the first request runs in a copy of that
+    request's context: once the request ended it sees no credentials, so a later caller's
+    job never goes out with the first caller's token."""
+    jobs: asyncio.Queue[tuple[str, asyncio.Future[list[str]]]] = asyncio.Queue()
+    workers: list[asyncio.Task[None]] = []
+
+    async def worker() -> None:
+        while True:
+            _, done = await jobs.get()
+            done.set_result(tokens_in_scope())
+
+    async def endpoint(request: Request) -> Response:
+        if not workers:
+            workers.append(asyncio.create_task(worker()))
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        await jobs.put((request.headers["x-caller"], done))
+        return JSONResponse(await done)
+
+    try:
+        async with client(app_with(endpoint)) as c:
+            first = await c.post(PATH, json=body_for("tok-first"), headers={"x-caller": "1"})
+            second = await c.post(PATH, json=body_for("tok-second"), headers={"x-caller": "2"})
+    finally:
+        for task in workers:
+            task.cancel()
+    # The first job ran while the first request lasted; the second in a context whose
+    # request (the first) had ended: nothing, rather than the first caller's token.
+    assert first.json() == ["tok-first"]
+    assert second.json() == []
+
+
+@pytest.mark.anyio
+async def test_a_context_copied_during_the_request_is_empty_once_it_ended() -> None:
+    copied: list[contextvars.Context] = []
+
+    async def endpoint(request: Request) -> Response:
+        copied.append(contextvars.copy_context())
+        return JSONResponse(copied[0].run(tokens_in_scope))
+
+    async with client(app_with(endpoint)) as c:
+        during = await c.post(PATH, json=body_for("tok-copied"))
+    assert during.json() == ["tok-copied"]
+    assert copied[0].run(tokens_in_scope) == []
+
+
+@pytest.mark.anyio
+async def test_use_credentials_gives_work_after_the_request_its_credentials_on_purpose() -> None:
+    later: list[Callable[[], Awaitable[list[str]]]] = []
+
+    async def endpoint(request: Request) -> Response:
+        creds = current_credentials()
+
+        async def job() -> list[str]:
+            with use_credentials(creds):
+                return tokens_in_scope()
+
+        later.append(job)
+        return PlainTextResponse("queued")
+
+    async with client(app_with(endpoint)) as c:
+        await c.post(PATH, json=body_for("tok-given"))
+    assert await later[0]() == ["tok-given"]
+
+
+def test_use_credentials_closes_its_scope_for_copies_on_exit() -> None:
+    with use_credentials([credential("tok-block")]):
+        inside = contextvars.copy_context()
+        assert inside.run(tokens_in_scope) == ["tok-block"]
+    assert inside.run(tokens_in_scope) == []
+    assert tokens_in_scope() == []
