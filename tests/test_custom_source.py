@@ -323,3 +323,53 @@ def test_config_refuses_unknown_names_in_precedence(precedence: tuple[str, ...])
 def test_config_refuses_an_object_that_is_not_a_source() -> None:
     with pytest.raises(ValueError, match="sources"):
         MCPAuthConfig(sources=(cast(Any, object()),))
+
+
+BAD_FROM_VAULT = {
+    "token-with-newline": ({"token": "vault-token\n"}, "invalid_authorization", "token"),
+    "token-with-space": ({"token": "vault token"}, "invalid_authorization", "token"),
+    "header-injection": (
+        {"token": "vault-token", "headers": {"X-Key": "a\r\nX-Evil: 1"}},
+        "invalid_headers",
+        "headers",
+    ),
+    "relative-url": ({"token": "vault-token", "server_url": "/mcp"}, "invalid_server_url", "url"),
+    "ambiguous-url": (
+        {"token": "vault-token", "server_url": "https://h/a/%2e%2e%2fb"},
+        "invalid_server_url",
+        "url",
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("fields", "code", "field"), BAD_FROM_VAULT.values(), ids=BAD_FROM_VAULT)
+async def test_a_custom_source_s_invalid_credential_is_a_400_naming_the_source(
+    fields: dict[str, Any], code: str, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The vault makes a credential the built-in checks refuse: the request gets the same
+    400 a bad body token gets, naming the source; no secret in the answer or the logs."""
+
+    class LeakyVault:
+        name = "vault"
+        needs_body = False
+
+        def read(self, request: SourceRequest) -> list[MCPCredential]:
+            return [MCPCredential(**{"source": self.name, "server_url": URL, **fields})]
+
+    app = make_app(MCPAuthConfig(sources=(LeakyVault(),)))
+    async with client(app) as c:
+        r = await c.post("/v1/responses", json={"input": "hi"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        code,
+        "vault",
+        "invalid_request_error",
+    )
+    assert "vault" in error["message"]
+    assert field in error["message"]
+    assert app.state.recorder.calls == []
+    for secret in ("vault-token", "X-Evil", "%2e%2e"):
+        assert secret not in r.text
+        assert secret not in caplog.text

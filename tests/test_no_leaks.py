@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 import structlog
 from starlette.applications import Starlette
@@ -37,12 +38,15 @@ from mcp_auth_middleware import (
     CredentialSource,
     MCPAuthConfig,
     MCPAuthMiddleware,
+    MCPBearerAuth,
     MCPCredential,
     MCPCredentials,
     ProviderDataMode,
     SourceRequest,
     current_credentials,
+    use_credentials,
 )
+from mcp_auth_middleware.credentials import InvalidCredential
 from mcp_auth_middleware.sources import parse_token
 from tests.helpers import PROVIDER_DATA, asgi_scope, mcp_tool
 
@@ -681,3 +685,23 @@ async def test_without_redaction_the_app_gets_the_body_byte_for_byte(
     [seen] = received
     assert seen["body"] == raw
     assert seen["content_length"] == str(len(raw))
+
+
+@pytest.mark.anyio
+async def test_a_token_that_slipped_past_validation_is_refused_before_the_http_client_sees_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should a token ever be changed after its checks (here by writing the private slot),
+    ``MCPBearerAuth`` refuses it with an error naming the field only: the HTTP client never
+    gets a header value it would quote in its own error or DEBUG log."""
+    cred = MCPCredential(token="slipped-token", source="body", server_url="https://h/mcp")
+    object.__setattr__(cred, "_secret", "slipped-token\r\nX-Injected: 1")
+    caplog.set_level(logging.DEBUG)
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200))
+    with use_credentials([cred]):
+        async with httpx2.AsyncClient(auth=MCPBearerAuth(), transport=transport) as c:
+            with pytest.raises(InvalidCredential) as caught:
+                await c.get("https://h/mcp")
+    assert "slipped-token" not in str(caught.value)
+    assert "slipped-token" not in caplog.text
+    assert "slipped-token" not in "".join(traceback.format_exception(caught.value))
