@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_auth_middleware.context import current_credentials
 from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
+from mcp_auth_middleware.upstream import REFUSED_STATUSES, raise_refusal
 from mcp_auth_middleware.urls import is_loopback_host, parse_server_url, server_url_of
 
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
@@ -123,7 +124,12 @@ class MCPBearerAuth(_AuthBase):
         return request
 
     def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-        yield self.apply(request)
+        response = yield self.apply(request)
+        # A 401/403 to a request that carried a credential: raise MCPUpstreamAuthError.
+        if response.status_code in REFUSED_STATUSES:
+            sent = response.request
+            if "Authorization" in sent.extensions.get(_APPLIED, ()):
+                raise_refusal(self.credential_for(sent), response)
 
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""

@@ -38,6 +38,7 @@ from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, parse_body, redact_body
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
 from mcp_auth_middleware.sources.server_header import ServerHeaderSource
+from mcp_auth_middleware.upstream import serve_recording_refusals
 
 __all__ = ["MCPAuthMiddleware"]
 
@@ -139,7 +140,10 @@ class MCPAuthMiddleware:
             return
         token = _credentials.set(credentials)
         try:
-            await self.app(request.scope, replay, send)
+            # Records the MCP servers' refusals of these credentials (audit, 424).
+            await serve_recording_refusals(
+                self.app, request, replay, send, self._auditor, request_id
+            )
         finally:
             _credentials.reset(token)
 

@@ -24,13 +24,14 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Final, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar, get_args
 
 import anyio
 import anyio.abc
 import httpx2
 import structlog
 from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ListToolsResult
 from mcp_types import INVALID_REQUEST
@@ -38,6 +39,12 @@ from mcp_types import INVALID_REQUEST
 from mcp_auth_middleware.context import current_credentials, use_credentials
 from mcp_auth_middleware.credentials import MCPCredential
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
+from mcp_auth_middleware.upstream import (
+    MCPUpstreamAuthError,
+    capture_refusals,
+    find_refusal,
+    record_refusal,
+)
 from mcp_auth_middleware.urls import (
     ServerURL,
     is_loopback_host,
@@ -55,6 +62,7 @@ __all__ = [
     "MCPSessionPool",
     "MCPSessionPoolStats",
     "PoolClosedError",
+    "Transport",
     "is_session_dropped",
 ]
 
@@ -79,6 +87,17 @@ _DROPPED_MESSAGES: Final = frozenset({"Session not found", "Session terminated"}
 _READ_TIMEOUT: Final = 300.0
 
 _T = TypeVar("_T")
+
+#: How a session talks to its server: ``"streamable-http"``, ``"sse"`` (the older HTTP+SSE
+#: transport), or ``"auto"``: SSE when the URL's path ends in ``/sse``, else streamable HTTP.
+Transport = Literal["auto", "streamable-http", "sse"]
+_TRANSPORTS: Final = frozenset(get_args(Transport))
+
+
+def _transport_of(server: ServerURL, transport: Transport) -> Literal["streamable-http", "sse"]:
+    if transport == "auto":
+        return "sse" if server.path.rsplit("/", 1)[-1] == "sse" else "streamable-http"
+    return transport
 
 
 def is_session_dropped(exc: BaseException) -> bool:
@@ -135,19 +154,53 @@ class _Key(NamedTuple):
     # A digest of the extra headers: one caller may send the same token with and without
     # them (body vs provider data), and each variant keeps a session of its own.
     headers: str | None = None
+    transport: str = "streamable-http"
+    # The borrower's partition (a caller's identity, a conversation): callers who share a
+    # token never share a session unless they name the same partition.
+    partition: str | None = None
 
-    def __repr__(self) -> str:  # the URL's query may hold a secret
+    def __repr__(self) -> str:  # the URL's query may hold a secret; a partition may be PII
+        partition = None if self.partition is None else _digest(self.partition)
         return (
             f"_Key(server={redacted_url(self.server)!r}, fingerprint={self.fingerprint!r}, "
-            f"headers={self.headers!r})"
+            f"headers={self.headers!r}, transport={self.transport!r}, partition={partition!r})"
         )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _headers_digest(cred: MCPCredential | None) -> str | None:
     if cred is None or not cred.headers:
         return None
     items = "\n".join(f"{name.lower()}:{value}" for name, value in sorted(cred.headers.items()))
-    return hashlib.sha256(items.encode()).hexdigest()[:12]
+    return _digest(items)
+
+
+class _OriginAuth(MCPBearerAuth):
+    """The auth of one pooled SSE session's own client: the session's credential on every
+    request to its server's origin. That client talks to nothing else: the stream's URL, and
+    the message endpoint the server names on the stream (which the SDK requires to be on
+    the stream's origin)."""
+
+    __slots__ = ("_credential", "_origin")
+
+    def __init__(
+        self, credential: MCPCredential, server: ServerURL, *, allow_insecure_http: bool
+    ) -> None:
+        super().__init__(allow_insecure_http=allow_insecure_http, credentials=(credential,))
+        self._credential = credential
+        self._origin = server.origin
+
+    def credential_for(self, request: Any) -> MCPCredential | None:
+        url = request.url
+        port = None if url.port in (None, _DEFAULT_PORTS.get(url.scheme)) else url.port
+        origin = (url.scheme.lower(), url.raw_host.decode("latin-1").lower(), port)
+        return self._credential if origin == self._origin else None
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class _Session:
@@ -203,6 +256,7 @@ class _Session:
         return {
             "server_url": self.server.loggable,
             "fingerprint": self.key.fingerprint,
+            "transport": self.key.transport,
             "pooled": self.pooled,
         }
 
@@ -253,7 +307,13 @@ class MCPSessionPool:
         allow_insecure_http: bool = False,
         http_timeout: float = 30.0,
         http_client_factory: HTTPClientFactory | None = None,
+        transport: Transport = "auto",
+        partition_by: Callable[[], str | None] | None = None,
     ) -> None:
+        if transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}")
+        if partition_by is not None and not callable(partition_by):
+            raise ValueError("partition_by must be a callable returning a str or None")
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ValueError("max_sessions must be a positive integer")
         if idle_timeout is not None and not (math.isfinite(idle_timeout) and idle_timeout > 0):
@@ -266,6 +326,8 @@ class MCPSessionPool:
         self.http_timeout = http_timeout
         self._timeout = httpx2.Timeout(http_timeout, read=max(http_timeout, _READ_TIMEOUT))
         self._client_factory = http_client_factory or _default_client
+        self.transport: Transport = transport
+        self.partition_by = partition_by
         self._entries: dict[_Key, _Session] = {}  # the pooled sessions, open or opening
         self._live: set[_Session] = set()  # every session with an owner task
         self._counts = dict.fromkeys([f.name for f in fields(MCPSessionPoolStats)], 0)
@@ -332,25 +394,36 @@ class MCPSessionPool:
 
     @asynccontextmanager
     async def session(
-        self, server_url: str, credential: MCPCredential | None = None
+        self,
+        server_url: str,
+        credential: MCPCredential | None = None,
+        *,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> AsyncIterator[ClientSession]:
         """Borrow a ready (initialised) ``ClientSession`` to ``server_url`` for the block.
 
         ``credential`` defaults to the current request's credential for that server. The
-        session may be shared with concurrent borrowers of the same credential (MCP
-        multiplexes requests); do not close it. If the server has dropped it, the error
-        propagates and the session is discarded, so the next borrower gets a fresh one.
+        session may be shared with concurrent borrowers of the same credential and partition
+        (MCP multiplexes requests); do not close it. If the server has dropped it, the error
+        propagates and the session is discarded, so the next borrower gets a fresh one. A
+        server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
         """
         url, server, cred = self._target(server_url, credential)
-        entry = await self._acquire(url, server, cred)
-        try:
-            assert entry.session is not None
-            yield entry.session
-        except Exception as exc:
-            self._note_failure(entry, exc)
-            raise
-        finally:
-            self._release(entry)
+        key = self._key(server, cred, partition, transport)
+        entry = await self._acquire(url, server, cred, key)
+        with capture_refusals() as refusals:
+            try:
+                assert entry.session is not None
+                yield entry.session
+            except Exception as exc:
+                refusal = self._refusal(entry, exc, refusals)
+                if refusal is not None:
+                    raise refusal from exc
+                self._note_failure(entry, exc)
+                raise
+            finally:
+                self._release(entry)
 
     async def call_tool(
         self,
@@ -360,25 +433,38 @@ class MCPSessionPool:
         *,
         credential: MCPCredential | None = None,
         read_timeout_seconds: float | None = None,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> CallToolResult:
-        """``session.call_tool`` on a borrowed session; retried once if the server dropped it."""
+        """``session.call_tool`` on a borrowed session; retried once if the server dropped it.
+
+        A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
+        """
 
         async def call(session: ClientSession) -> CallToolResult:
             return await session.call_tool(
                 name, arguments, read_timeout_seconds=read_timeout_seconds
             )
 
-        return await self._run(server_url, credential, call)
+        return await self._run(server_url, credential, call, partition, transport)
 
     async def list_tools(
-        self, server_url: str, *, credential: MCPCredential | None = None
+        self,
+        server_url: str,
+        *,
+        credential: MCPCredential | None = None,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> ListToolsResult:
-        """``session.list_tools`` on a borrowed session; retried once if the server dropped it."""
+        """``session.list_tools`` on a borrowed session; retried once if the server dropped it.
+
+        A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
+        """
 
         async def call(session: ClientSession) -> ListToolsResult:
             return await session.list_tools()
 
-        return await self._run(server_url, credential, call)
+        return await self._run(server_url, credential, call, partition, transport)
 
     # --- borrowing --------------------------------------------------------------------
 
@@ -409,10 +495,35 @@ class MCPSessionPool:
             raise InsecureTransportError(INSECURE_HTTP)
         return server_url, server, cred
 
-    async def _acquire(self, url: str, server: ServerURL, cred: MCPCredential | None) -> _Session:
+    def _key(
+        self,
+        server: ServerURL,
+        cred: MCPCredential | None,
+        partition: str | None,
+        transport: Transport | None,
+    ) -> _Key:
+        """The pool key of a borrow: server, credential, transport and partition."""
+        if transport is None:
+            transport = self.transport
+        elif transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}")
+        if partition is None and self.partition_by is not None:
+            partition = self.partition_by()
+        if partition is not None and not isinstance(partition, str):
+            raise TypeError("a partition must be a str or None")
+        return _Key(
+            server.url,
+            None if cred is None else cred.fingerprint,
+            _headers_digest(cred),
+            _transport_of(server, transport),
+            partition,
+        )
+
+    async def _acquire(
+        self, url: str, server: ServerURL, cred: MCPCredential | None, key: _Key
+    ) -> _Session:
         if self._tasks is None:
             raise PoolClosedError(POOL_NOT_OPEN)
-        key = _Key(server.url, None if cred is None else cred.fingerprint, _headers_digest(cred))
         # No await between the lookup and the insertion: concurrent first use of a key
         # finds the entry the first borrower created and waits for the same session.
         entry = self._entries.get(key)
@@ -434,6 +545,8 @@ class MCPSessionPool:
             raise
         if entry.session is None:
             self._release(entry)
+            if isinstance(entry.error, MCPUpstreamAuthError):
+                record_refusal(entry.error)  # in this borrower's request
             raise entry.error or PoolClosedError(POOL_NOT_OPEN)
         if reused:
             self._counts["reused"] += 1
@@ -463,6 +576,17 @@ class MCPSessionPool:
         self._retire(entry, "replaced")
         return True
 
+    def _refusal(
+        self, entry: _Session, exc: BaseException, recorded: list[MCPUpstreamAuthError]
+    ) -> MCPUpstreamAuthError | None:
+        """The server's refusal behind ``exc`` (raised, or recorded while the SDK turned it
+        into another error), if any; the session, whose transport it ended, is discarded."""
+        refusal = find_refusal(exc) or (recorded[-1] if recorded else None)
+        if refusal is not None:
+            self._retire(entry)
+            record_refusal(refusal)
+        return refusal
+
     def _evict_one(self) -> bool:
         idle = [e for e in self._entries.values() if e.borrowers == 0 and e.session is not None]
         if not idle:
@@ -475,18 +599,25 @@ class MCPSessionPool:
         server_url: str,
         credential: MCPCredential | None,
         call: Callable[[ClientSession], Awaitable[_T]],
+        partition: str | None,
+        transport: Transport | None,
     ) -> _T:
         url, server, cred = self._target(server_url, credential)
+        key = self._key(server, cred, partition, transport)
         for attempt in (1, 2):
-            entry = await self._acquire(url, server, cred)
-            try:
-                assert entry.session is not None
-                return await call(entry.session)
-            except Exception as exc:
-                if not self._note_failure(entry, exc) or attempt == 2:
-                    raise
-            finally:
-                self._release(entry)
+            entry = await self._acquire(url, server, cred, key)
+            with capture_refusals() as refusals:
+                try:
+                    assert entry.session is not None
+                    return await call(entry.session)
+                except Exception as exc:
+                    refusal = self._refusal(entry, exc, refusals)
+                    if refusal is not None:
+                        raise refusal from exc
+                    if not self._note_failure(entry, exc) or attempt == 2:
+                        raise
+                finally:
+                    self._release(entry)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- the tasks that own sessions ----------------------------------------------------
@@ -498,16 +629,7 @@ class MCPSessionPool:
             # No request credentials in this task: its client has fixed ones (see module doc).
             with use_credentials(()), anyio.CancelScope() as scope:
                 async with AsyncExitStack() as stack:
-                    auth = MCPBearerAuth(
-                        allow_insecure_http=self.allow_insecure_http,
-                        credentials=() if entry.credential is None else (entry.credential,),
-                    )
-                    http = await stack.enter_async_context(
-                        self._client_factory(auth=auth, timeout=self._timeout)
-                    )
-                    read, write = await stack.enter_async_context(
-                        streamable_http_client(entry.url, http_client=http)
-                    )
+                    read, write = await stack.enter_async_context(self._transport(entry))
                     session = await stack.enter_async_context(ClientSession(read, write))
                     # One scope around the whole stack, its deadline moved: a scope entered
                     # after the transport's task group could not be exited before it.
@@ -529,7 +651,7 @@ class MCPSessionPool:
             if scope.cancelled_caught and entry.session is None:
                 raise TimeoutError("timed out opening the MCP session")
         except Exception as exc:
-            error = _unwrap(exc)
+            error = find_refusal(exc) or _unwrap(exc)
             if entry.session is None:
                 entry.error = error
             self._log.warning(SESSION_FAILED, error=type(error).__name__, **entry.log_fields())
@@ -541,6 +663,45 @@ class MCPSessionPool:
             self._live.discard(entry)
             if entry.session is not None:
                 self._log.debug(SESSION_CLOSED, **entry.log_fields())
+
+    @asynccontextmanager
+    async def _transport(self, entry: _Session) -> AsyncIterator[tuple[Any, Any]]:
+        """The read and write streams of ``entry``'s transport, through a client of its own."""
+        cred = entry.credential
+        auth: MCPBearerAuth
+        if entry.key.transport == "sse":
+            # The SSE transport posts to an endpoint the server names on the stream.
+            if cred is None:
+                auth = MCPBearerAuth(credentials=())
+            else:
+                auth = _OriginAuth(cred, entry.server, allow_insecure_http=self.allow_insecure_http)
+
+            def factory(
+                headers: dict[str, str] | None = None,
+                timeout: httpx2.Timeout | None = None,
+                auth: httpx2.Auth | None = None,
+            ) -> httpx2.AsyncClient:
+                assert auth is not None
+                return self._client_factory(auth=auth, timeout=self._timeout)
+
+            async with sse_client(
+                entry.url,
+                timeout=self.http_timeout,
+                sse_read_timeout=_READ_TIMEOUT,
+                httpx_client_factory=factory,
+                auth=auth,
+            ) as streams:
+                yield streams
+            return
+        auth = MCPBearerAuth(
+            allow_insecure_http=self.allow_insecure_http,
+            credentials=() if cred is None else (cred,),
+        )
+        async with (
+            self._client_factory(auth=auth, timeout=self._timeout) as http,
+            streamable_http_client(entry.url, http_client=http) as streams,
+        ):
+            yield streams
 
     async def _expire_idle(self) -> None:
         """Close pooled sessions unused for ``idle_timeout`` seconds, at their due time."""

@@ -31,6 +31,7 @@ from mcp_auth_middleware import (
     InsecureTransportError,
     MCPAuthMiddleware,
     MCPCredential,
+    MCPUpstreamAuthError,
     current_credentials,
     use_credentials,
 )
@@ -218,8 +219,10 @@ async def test_a_server_without_a_credential_gets_its_own_session_without_a_toke
 async def test_a_wrong_token_fails_to_open_and_is_not_pooled(upstream: Upstream) -> None:
     async with MCPSessionPool() as pool:
         for _ in range(2):  # each attempt tries again: a failure is not cached
-            with pytest.raises(MCPError):
+            with pytest.raises(MCPUpstreamAuthError) as caught:
                 await whoami(pool, upstream, WRONG)
+            assert (caught.value.status, caught.value.error) == (401, "invalid_token")
+            assert caught.value.fingerprint == fingerprint(WRONG)
         assert len(pool) == 0
         assert await whoami(pool, upstream, ALICE) == "alice"
     assert upstream.mcp.rejected == [fingerprint(WRONG)] * 2
@@ -524,8 +527,8 @@ async def test_no_token_in_the_pools_repr_stats_errors_or_logs(
         seen += [repr(pool), str(pool), repr(pool.stats), repr(pool._entries)]
         try:
             await whoami(pool, upstream, WRONG)
-        except MCPError as exc:
-            seen += [repr(exc), str(exc)]
+        except MCPUpstreamAuthError as exc:
+            seen += [repr(exc), str(exc), repr(exc.__cause__)]
         upstream.tracker.drop = True
         try:
             await whoami(pool, upstream, BOB)
