@@ -156,6 +156,12 @@ class MCPUpstreamAuthError(Exception):
         if server_url is None:
             server_url = str(response.request.url)
         metadata, scope, error = _challenge(response)
+        # A server may echo what it was sent: no value that holds the token is kept.
+        secret = credential.token.get_secret_value()
+        metadata, scope, error = (
+            None if value is not None and secret in value else value
+            for value in (metadata, scope, error)
+        )
         return cls(
             server_url=server_url,
             status=response.status_code,
@@ -310,7 +316,10 @@ class _Refusals:
         self.request_id = request_id
 
     def add(self, exc: MCPUpstreamAuthError) -> None:
-        if any(seen is exc for seen in self.errors):
+        # Once per refused credential, server and status: one failing session may see the
+        # same refusal on its POST, its GET stream and its closing DELETE.
+        same = (exc.fingerprint, exc.server_url, exc.status)
+        if any((e.fingerprint, e.server_url, e.status) == same for e in self.errors):
             return
         self.errors.append(exc)
         del self.errors[:-_MAX_RECORDED]
@@ -326,7 +335,8 @@ _refusals: ContextVar[_Refusals | None] = ContextVar(
 
 
 def record_refusal(exc: MCPUpstreamAuthError) -> None:
-    """Record ``exc`` in the current request (and audit it there), once per request."""
+    """Record ``exc`` in the current request (and audit it there), once per request for a
+    credential, server and status."""
     sink = _refusals.get()
     while sink is not None:
         sink.add(exc)
@@ -335,7 +345,8 @@ def record_refusal(exc: MCPUpstreamAuthError) -> None:
 
 def upstream_refusals() -> tuple[MCPUpstreamAuthError, ...]:
     """The refusals :class:`~mcp_auth_middleware.MCPBearerAuth` (or the session pool) met in
-    the current request so far, oldest first (the latest 32); empty outside a request.
+    the current request so far, oldest first, one per credential, server and status (the
+    latest 32); empty outside a request.
 
     For what an SDK transport swallows: the ``mcp`` SDK's SSE transport turns a refused
     message POST into ``MCPError("Connection closed")``.
