@@ -21,7 +21,7 @@ import functools
 import hashlib
 import hmac
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar, get_args
@@ -182,16 +182,33 @@ class _OriginAuth(MCPBearerAuth):
     """The auth of one pooled SSE session's own client: the session's credential on every
     request to its server's origin. That client talks to nothing else: the stream's URL, and
     the message endpoint the server names on the stream (which the SDK requires to be on
-    the stream's origin)."""
+    the stream's origin).
 
-    __slots__ = ("_credential", "_origin")
+    The SDK's SSE transport swallows a failed message POST and never answers its request, so
+    a refusal also calls ``on_refusal`` (which closes the session: its borrowers' requests
+    end, and the pool raises the refusal it recorded)."""
+
+    __slots__ = ("_credential", "_on_refusal", "_origin")
 
     def __init__(
-        self, credential: MCPCredential, server: ServerURL, *, allow_insecure_http: bool
+        self,
+        credential: MCPCredential,
+        server: ServerURL,
+        *,
+        allow_insecure_http: bool,
+        on_refusal: Callable[[], None],
     ) -> None:
         super().__init__(allow_insecure_http=allow_insecure_http, credentials=(credential,))
         self._credential = credential
         self._origin = server.origin
+        self._on_refusal = on_refusal
+
+    def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        try:
+            yield from super().auth_flow(request)
+        except MCPUpstreamAuthError:
+            self._on_refusal()
+            raise
 
     def credential_for(self, request: Any) -> MCPCredential | None:
         url = request.url
@@ -674,7 +691,12 @@ class MCPSessionPool:
             if cred is None:
                 auth = MCPBearerAuth(credentials=())
             else:
-                auth = _OriginAuth(cred, entry.server, allow_insecure_http=self.allow_insecure_http)
+                auth = _OriginAuth(
+                    cred,
+                    entry.server,
+                    allow_insecure_http=self.allow_insecure_http,
+                    on_refusal=entry.closing.set,
+                )
 
             def factory(
                 headers: dict[str, str] | None = None,

@@ -395,6 +395,15 @@ def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
 # --- an MCP server that refuses: 401 and 403 with the MCP authorization spec's challenge ------
 
 
+def _session_id(ctx: Context) -> str:
+    """The MCP session of the request a tool runs for: the streamable HTTP transport's
+    ``Mcp-Session-Id`` header, or the SSE transport's ``session_id`` query parameter."""
+    request = ctx.request_context.request
+    assert isinstance(request, Request)
+    session_id = request.headers.get("mcp-session-id") or request.query_params["session_id"]
+    return str(session_id)
+
+
 class GuardedMCPServer(RecordingMCPServer):
     """The testing kit's real MCP server, refusing as the MCP authorization spec says.
 
@@ -414,25 +423,19 @@ class GuardedMCPServer(RecordingMCPServer):
     ) -> None:
         super().__init__(tokens, name=name)
         self.scopes = dict(scopes or {})
-        self.notes: dict[int, list[str]] = {}
-        self._sessions: list[object] = []  # keeps each session alive, so its id stays its own
+        self.notes: dict[str, list[str]] = {}  # by MCP session id
 
         @self.server.tool()
         def remember(note: str, ctx: Context) -> int:
             """Remember ``note`` on this MCP session; the number of notes it holds."""
-            notes = self._notes_of(ctx.session)
+            notes = self.notes.setdefault(_session_id(ctx), [])
             notes.append(note)
             return len(notes)
 
         @self.server.tool()
         def recall(ctx: Context) -> list[str]:
             """The notes remembered on this MCP session."""
-            return list(self._notes_of(ctx.session))
-
-    def _notes_of(self, session: object) -> list[str]:
-        if session not in self._sessions:
-            self._sessions.append(session)
-        return self.notes.setdefault(id(session), [])
+            return list(self.notes.get(_session_id(ctx), []))
 
     async def verify_token(self, token: str) -> AccessToken | None:
         access = await super().verify_token(token)
