@@ -20,6 +20,7 @@ import httpx2
 import openai
 import pydantic
 import pytest
+from fastapi import FastAPI
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -40,6 +41,7 @@ from mcp_auth_middleware import (
     use_credentials,
 )
 from mcp_auth_middleware.credentials import fingerprint
+from mcp_auth_middleware.fastapi import MCPCredentialsDep
 from mcp_auth_middleware.testing import AuditLog, serve
 from mcp_auth_middleware.testing.server import Transport
 from mcp_auth_middleware.upstream import capture_refusals, find_refusal
@@ -537,3 +539,50 @@ async def test_upstream_refusals_reports_what_the_sse_transport_swallowed(
         async with httpx.AsyncClient(base_url=gateway, timeout=WAIT) as client:
             answer = await client.post("/v1/refusals", json={"tools": mcp_tools(url, WRONG)})
     assert answer.json() == [401]
+
+
+def create_readme_app(http: httpx2.AsyncClient) -> FastAPI:
+    """The README's FastAPI quick start, as printed there (``http`` is its client)."""
+    app = FastAPI()
+    app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig())
+
+    @app.post("/v1/responses")
+    async def create_response(
+        body: dict[str, Any], credentials: MCPCredentialsDep
+    ) -> dict[str, Any]:
+        outputs = []
+        for tool in body.get("tools", []):
+            if tool.get("type") != "mcp":
+                continue
+            async with streamable_http_client(tool["server_url"], http_client=http) as (r, w):  # noqa: SIM117 - as printed
+                async with ClientSession(r, w) as session:
+                    await session.initialize()
+                    listed = await session.list_tools()
+            outputs.append(
+                {
+                    "server_label": tool.get("server_label"),
+                    "tools": [t.name for t in listed.tools],
+                    "authenticated": credentials.for_server(tool["server_url"]) is not None,
+                }
+            )
+        return {"output": outputs}
+
+    return app
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_the_readme_quick_start_answers_a_refused_token_with_424(server_url: str) -> None:
+    http = httpx2.AsyncClient(auth=MCPBearerAuth())
+    with serve(create_readme_app(http)) as gateway:
+        async with http, httpx.AsyncClient(base_url=gateway, timeout=WAIT) as client:
+            refused = await client.post(
+                "/v1/responses", json={"tools": mcp_tools(server_url, WRONG)}
+            )
+            accepted = await client.post(
+                "/v1/responses", json={"tools": mcp_tools(server_url, ALICE)}
+            )
+    assert refused.status_code == 424
+    assert refused.json()["error"]["code"] == "mcp_server_unauthorized"
+    assert accepted.status_code == 200
+    assert accepted.json()["output"][0]["authenticated"] is True
