@@ -178,43 +178,49 @@ def _headers_digest(cred: MCPCredential | None) -> str | None:
     return _digest(items)
 
 
-class _OriginAuth(MCPBearerAuth):
-    """The auth of one pooled SSE session's own client: the session's credential on every
-    request to its server's origin. That client talks to nothing else: the stream's URL, and
-    the message endpoint the server names on the stream (which the SDK requires to be on
-    the stream's origin).
+class _SessionAuth(MCPBearerAuth):
+    """The auth of one pooled session's own client: the session's fixed credential, and a
+    refusal reported to the session (``on_refusal``) as well as raised.
 
-    The SDK's SSE transport swallows a failed message POST and never answers its request, so
-    a refusal also calls ``on_refusal`` (which closes the session: its borrowers' requests
-    end, and the pool raises the refusal it recorded)."""
+    The session's transport dies of a refusal, and the SDK's SSE transport would never
+    answer the request whose POST was refused: reporting it lets the pool close the session
+    at once and raise the refusal to every borrower, not a "Connection closed".
+
+    With ``origin`` (an SSE session) the credential goes on every request to that origin:
+    the stream's URL, and the message endpoint the server names on the stream (which the SDK
+    requires to be on the stream's origin). The client serves that one session, nothing else.
+    """
 
     __slots__ = ("_credential", "_on_refusal", "_origin")
 
     def __init__(
         self,
-        credential: MCPCredential,
-        server: ServerURL,
+        credential: MCPCredential | None,
         *,
         allow_insecure_http: bool,
-        on_refusal: Callable[[], None],
+        on_refusal: Callable[[MCPUpstreamAuthError], None],
+        origin: tuple[str, str, int | None] | None = None,
     ) -> None:
-        super().__init__(allow_insecure_http=allow_insecure_http, credentials=(credential,))
+        fixed = () if credential is None else (credential,)
+        super().__init__(allow_insecure_http=allow_insecure_http, credentials=fixed)
         self._credential = credential
-        self._origin = server.origin
+        self._origin = origin
         self._on_refusal = on_refusal
 
-    def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
-        try:
-            yield from super().auth_flow(request)
-        except MCPUpstreamAuthError:
-            self._on_refusal()
-            raise
-
     def credential_for(self, request: Any) -> MCPCredential | None:
+        if self._origin is None:
+            return super().credential_for(request)
         url = request.url
         port = None if url.port in (None, _DEFAULT_PORTS.get(url.scheme)) else url.port
         origin = (url.scheme.lower(), url.raw_host.decode("latin-1").lower(), port)
         return self._credential if origin == self._origin else None
+
+    def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        try:
+            yield from super().auth_flow(request)
+        except MCPUpstreamAuthError as exc:
+            self._on_refusal(exc)
+            raise
 
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -232,6 +238,7 @@ class _Session:
         "last_used",
         "pooled",
         "ready",
+        "refusal",
         "retired",
         "server",
         "session",
@@ -254,6 +261,7 @@ class _Session:
         self.pooled = pooled
         self.session: ClientSession | None = None
         self.error: BaseException | None = None
+        self.refusal: MCPUpstreamAuthError | None = None  # the server refused its credential
         self.ready = anyio.Event()  # set once open, or once opening failed
         self.closing = anyio.Event()  # set to make the owner task close the session
         self.retired = not pooled  # no longer lent out; closes when the last borrower leaves
@@ -268,6 +276,12 @@ class _Session:
         return hmac.compare_digest(
             mine.token.get_secret_value().encode(), credential.token.get_secret_value().encode()
         ) and dict(mine.headers) == dict(credential.headers)
+
+    def refused(self, refusal: MCPUpstreamAuthError) -> None:
+        """The server refused this session's credential: close it, remember why."""
+        if self.refusal is None:
+            self.refusal = refusal
+        self.closing.set()
 
     def log_fields(self) -> dict[str, Any]:
         return {
@@ -598,7 +612,7 @@ class MCPSessionPool:
     ) -> MCPUpstreamAuthError | None:
         """The server's refusal behind ``exc`` (raised, or recorded while the SDK turned it
         into another error), if any; the session, whose transport it ended, is discarded."""
-        refusal = find_refusal(exc) or (recorded[-1] if recorded else None)
+        refusal = find_refusal(exc) or (recorded[-1] if recorded else None) or entry.refusal
         if refusal is not None:
             self._retire(entry)
             record_refusal(refusal)
@@ -684,19 +698,15 @@ class MCPSessionPool:
     @asynccontextmanager
     async def _transport(self, entry: _Session) -> AsyncIterator[tuple[Any, Any]]:
         """The read and write streams of ``entry``'s transport, through a client of its own."""
-        cred = entry.credential
-        auth: MCPBearerAuth
-        if entry.key.transport == "sse":
+        sse = entry.key.transport == "sse"
+        auth = _SessionAuth(
+            entry.credential,
+            allow_insecure_http=self.allow_insecure_http,
+            on_refusal=entry.refused,
             # The SSE transport posts to an endpoint the server names on the stream.
-            if cred is None:
-                auth = MCPBearerAuth(credentials=())
-            else:
-                auth = _OriginAuth(
-                    cred,
-                    entry.server,
-                    allow_insecure_http=self.allow_insecure_http,
-                    on_refusal=entry.closing.set,
-                )
+            origin=entry.server.origin if sse else None,
+        )
+        if sse:
 
             def factory(
                 headers: dict[str, str] | None = None,
@@ -715,10 +725,6 @@ class MCPSessionPool:
             ) as streams:
                 yield streams
             return
-        auth = MCPBearerAuth(
-            allow_insecure_http=self.allow_insecure_http,
-            credentials=() if cred is None else (cred,),
-        )
         async with (
             self._client_factory(auth=auth, timeout=self._timeout) as http,
             streamable_http_client(entry.url, http_client=http) as streams,

@@ -49,6 +49,7 @@ from mcp_auth_middleware.sessions import (
     is_session_dropped,
 )
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
+from mcp_auth_middleware.testing.server import Transport as ServerTransport
 from tests.helpers import GuardedMCPServer, eventually
 
 ALICE = "alice-token-0123456789"
@@ -640,7 +641,7 @@ async def borrow(pool: MCPSessionPool, how: str, url: str, cred: MCPCredential) 
     [(WRONG, 401, "invalid_token"), (READER, 403, "insufficient_scope")],
 )
 async def test_a_refused_credential_raises_the_servers_refusal_from_every_call(
-    guarded: GuardedMCPServer, transport: Transport, token: str, status: int, error: str
+    guarded: GuardedMCPServer, transport: ServerTransport, token: str, status: int, error: str
 ) -> None:
     with guarded.running(transport) as url:
         cred = guarded_cred(url, token)
@@ -662,7 +663,7 @@ async def test_a_refused_credential_raises_the_servers_refusal_from_every_call(
 @pytest.mark.anyio
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_a_token_revoked_mid_session_raises_the_refusal_and_the_session_goes(
-    guarded: GuardedMCPServer, transport: Transport
+    guarded: GuardedMCPServer, transport: ServerTransport
 ) -> None:
     with guarded.running(transport) as url:
         cred = guarded_cred(url, ALICE)
@@ -811,3 +812,42 @@ async def test_the_sse_session_sends_its_token_to_no_other_origin(upstream: Upst
 def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         MCPSessionPool(transport="websocket")  # type: ignore[arg-type]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_borrower_whose_session_another_refusal_ended_gets_that_refusal(
+    guarded: GuardedMCPServer, transport: ServerTransport
+) -> None:
+    """One borrower waits on a slow call; the token is revoked and another borrower's call
+    is refused, which ends the session: the first gets the refusal, not "Connection closed"."""
+    started = anyio.Event()
+
+    @guarded.server.tool()
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep(0.5)
+        return "done"
+
+    errors: list[BaseException] = []
+
+    async def call(name: str) -> None:
+        try:
+            await pool.call_tool(url, name, credential=cred)
+        except Exception as exc:
+            errors.append(exc)
+
+    with guarded.running(transport) as url:
+        cred = guarded_cred(url, ALICE)
+        async with MCPSessionPool() as pool:
+            await pool.call_tool(url, "whoami", credential=cred)
+            with anyio.fail_after(WAIT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call, "slow")
+                    await eventually(started.is_set)
+                    guarded.tokens.clear()
+                    tg.start_soon(call, "whoami")
+    assert [type(e) for e in errors] == [MCPUpstreamAuthError] * 2, errors
+    refusals = [e for e in errors if isinstance(e, MCPUpstreamAuthError)]
+    assert {(e.status, e.fingerprint) for e in refusals} == {(401, fingerprint(ALICE))}
