@@ -297,23 +297,34 @@ def _only_refusals(exc: BaseException) -> MCPUpstreamAuthError | None:
 
 
 class _Refusals:
-    """The refusals seen in one request (or one pool call), and who to tell about each."""
+    """The refusals seen in one request (or one pool call), and who to tell about each.
 
-    __slots__ = ("auditor", "errors", "parent", "request", "request_id")
+    For a request the middleware serves, it also passes the application's messages on
+    (:meth:`send`), noting whether the response has started."""
+
+    __slots__ = ("_send", "auditor", "errors", "parent", "request", "request_id", "started")
 
     def __init__(
         self,
         parent: _Refusals | None = None,
-        *,
         auditor: Auditor | None = None,
         request: SourceRequest | None = None,
         request_id: bytes | None = None,
+        send: Send | None = None,
     ) -> None:
         self.parent = parent
         self.errors: list[MCPUpstreamAuthError] = []
         self.auditor = auditor
         self.request = request
         self.request_id = request_id
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        assert self._send is not None
+        await self._send(message)
 
     def add(self, exc: MCPUpstreamAuthError) -> None:
         # Once per refused credential, server and status: one failing session may see the
@@ -391,25 +402,16 @@ async def serve_recording_refusals(
     """Call ``app`` for ``request`` with a place to record its upstream refusals (each
     audited as it is recorded). A refusal the application lets escape before its response
     started is answered 424 (``external_connector_error``); after that it is re-raised."""
-    started = False
-
-    async def watch(message: Message) -> None:
-        nonlocal started
-        if message["type"] == "http.response.start":
-            started = True
-        await send(message)
-
-    sink = _Refusals(auditor=auditor, request=request, request_id=request_id)
+    sink = _Refusals(None, auditor, request, request_id, send)
     token = _refusals.set(sink)
     refusal: MCPUpstreamAuthError | None = None
     try:
-        try:
-            await app(request.scope, receive, watch)
-        except Exception as exc:
-            refusal = None if started else _only_refusals(exc)
-            if refusal is None:
-                raise
-            sink.add(refusal)
+        await app(request.scope, receive, sink.send)
+    except Exception as exc:
+        refusal = None if sink.started else _only_refusals(exc)
+        if refusal is None:
+            raise
+        sink.add(refusal)
     finally:
         _refusals.reset(token)
     if refusal is not None:
