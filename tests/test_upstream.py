@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -24,10 +24,16 @@ from fastapi import FastAPI
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from openai.types.responses import ResponseOutputItem
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseOutputItem,
+    ResponseOutputItemDoneEvent,
+)
+from openai.types.responses.mcp_tool_call_error import HTTPError
+from openai.types.responses.response_output_item import McpCall
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mcp_auth_middleware import (
@@ -400,13 +406,19 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 # --- a gateway under uvicorn, called by the openai package ---------------------------------
 
 
+def sse_event(number: int, event: dict[str, Any]) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': number})}\n\n"
+
+
 def create_gateway(*, transport: Transport = "streamable-http") -> Starlette:
     """The README quick start's shape: the SDK client through MCPBearerAuth, errors left to
     escape; ``/v1/responses?continue=1`` turns a refusal into an ``mcp_list_tools`` item
     instead, and ``/v1/refusals`` answers what ``upstream_refusals()`` recorded."""
 
-    async def responses(request: Request) -> JSONResponse:
+    async def responses(request: Request) -> Response:
         body = await request.json()
+        if body.get("stream"):
+            return StreamingResponse(stream(body), media_type="text/event-stream")
         output: list[dict[str, Any]] = []
         for tool in body["tools"]:
             try:
@@ -426,6 +438,25 @@ def create_gateway(*, transport: Transport = "streamable-http") -> Starlette:
                 "output": output,
             }
         )
+
+    async def stream(body: dict[str, Any]) -> AsyncIterator[str]:
+        """A Responses stream that has started before the MCP server is called: the refusal
+        becomes a failed ``mcp_call`` item."""
+        response = {"id": "resp_1", "object": "response", "created_at": 0, "model": "m"}
+        created = {"type": "response.created", "response": {**response, "status": "in_progress"}}
+        yield sse_event(0, created)
+        try:
+            await list_tools_via_sdk(body["tools"][0]["server_url"], transport)
+            item: dict[str, Any] = {}  # pragma: no cover - the server refuses here
+        except Exception as exc:
+            refusal = find_refusal(exc)
+            if refusal is None:  # pragma: no cover
+                raise
+            item = refusal.mcp_call_item("search", {"q": "x"})
+        done: dict[str, Any] = {"type": "response.output_item.done", "output_index": 0}
+        yield sse_event(1, {**done, "item": item})
+        completed = {**response, "status": "completed", "output": [item]}
+        yield sse_event(2, {"type": "response.completed", "response": completed})
 
     async def refusals(request: Request) -> JSONResponse:
         body = await request.json()
@@ -586,3 +617,31 @@ async def test_the_readme_quick_start_answers_a_refused_token_with_424(server_ur
     assert refused.json()["error"]["code"] == "mcp_server_unauthorized"
     assert accepted.status_code == 200
     assert accepted.json()["output"][0]["authenticated"] is True
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_a_stream_that_started_reports_the_refusal_as_a_failed_mcp_call_item(
+    server_url: str, gateway: str
+) -> None:
+    async with openai_client(gateway) as client:
+        with anyio.fail_after(2 * WAIT):
+            stream = await client.responses.create(
+                model="m", input="hello", tools=mcp_tools(server_url, READER), stream=True
+            )
+            events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "response.created",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    done, completed = events[1], events[2]
+    assert isinstance(done, ResponseOutputItemDoneEvent)
+    assert isinstance(completed, ResponseCompletedEvent)
+    item = done.item
+    assert isinstance(item, McpCall)
+    assert (item.status, item.name, item.server_label) == ("failed", "search", "crm")
+    assert isinstance(item.error, HTTPError)
+    assert item.error.code == 403
+    assert "403 insufficient_scope" in item.error.message
+    assert completed.response.output == [item]
