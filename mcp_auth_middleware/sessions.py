@@ -3,7 +3,10 @@
 An ``mcp`` 2.x server binds a session to the credential that opened it: the same session
 used with another token gets ``404 Session not found``. So a pooled session is keyed by the
 normalised server URL *and* the credential's fingerprint (12 hex of the token's SHA-256,
-never the token), and only a borrower with that very credential gets it back.
+never the token), and only a borrower with that very credential gets it back. The key also
+holds the transport (streamable HTTP or SSE) and the borrower's *partition* (a caller's
+identity, a conversation), so that callers who share a token never share a session.
+A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
 
 Each pooled session is opened, held and closed by one long-lived task in the pool's task
 group (anyio cancel scopes must exit in the task that entered them), and talks through its
@@ -318,8 +321,12 @@ class MCPSessionPool:
                 await session.list_tools()
 
     A borrower gets a pooled session only if it brings the same credential for that server
-    (by default the current request's, matched as :class:`MCPBearerAuth` matches it);
-    without one it gets a session keyed by the server alone, which sends no token.
+    (by default the current request's, matched as :class:`MCPBearerAuth` matches it) and the
+    same partition (``partition=``, else ``partition_by()``, else none); without a
+    credential it gets a session keyed by the server alone, which sends no token.
+    ``transport``: ``"streamable-http"``, ``"sse"``, or ``"auto"`` (SSE for a URL whose path
+    ends in ``/sse``), for the pool and per borrow. A server that refuses the credential
+    raises :class:`MCPUpstreamAuthError`.
 
     ``max_sessions`` bounds the pooled sessions: when full, the least recently used idle one
     is closed; when every one is busy, the borrower gets a temporary session, closed after
