@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pickle
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import httpx2
+import llama_stack_client
 import openai
 import pydantic
 import pytest
@@ -374,10 +376,12 @@ async def test_the_sdk_client_lets_the_refusal_out(
 @pytest.mark.anyio
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_a_token_revoked_mid_session_is_a_refusal(
-    guarded: GuardedMCPServer, transport: Transport
+    guarded: GuardedMCPServer, transport: Transport, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Streamable HTTP lets it out; the SSE transport swallows it (the request waits until
-    its timeout), and the request's record still holds it."""
+    its timeout), and the request's record still holds it. What the SDK logs of it (its
+    transports log what they swallow, with tracebacks) holds no token."""
+    caplog.set_level(logging.DEBUG)
     with (
         guarded.running(transport) as url,
         use_credentials([cred(url, ALICE)]),
@@ -388,7 +392,9 @@ async def test_a_token_revoked_mid_session_is_a_refusal(
         await list_tools_via_sdk(url, transport, revoke=guarded.tokens.clear)
     [exc] = recorded
     assert (exc.status, exc.error, exc.fingerprint) == (401, "invalid_token", fingerprint(ALICE))
+    assert_no_token(caplog.text)
     if transport == "sse":
+        assert "refused the credential" in caplog.text  # "Error in post_writer", logged
         assert find_refusal(caught.value) is None
         assert [type(e) for e in _leaves(caught.value)] == [TimeoutError], repr(caught.value)
     else:
@@ -467,6 +473,7 @@ def create_gateway(*, transport: Transport = "streamable-http") -> Starlette:
     app = Starlette(
         routes=[
             Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/openai/v1/responses", responses, methods=["POST"]),  # llama-stack's
             Route("/v1/refusals", refusals, methods=["POST"]),
         ]
     )
@@ -645,3 +652,24 @@ async def test_a_stream_that_started_reports_the_refusal_as_a_failed_mcp_call_it
     assert item.error.code == 403
     assert "403 insufficient_scope" in item.error.message
     assert completed.response.output == [item]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_llama_stack_client_raises_its_status_error_with_the_code(
+    server_url: str, gateway: str
+) -> None:
+    async with llama_stack_client.AsyncLlamaStackClient(
+        base_url=gateway, max_retries=0, timeout=2 * WAIT
+    ) as client:
+        with pytest.raises(llama_stack_client.APIStatusError) as caught:
+            await client.responses.create(
+                model="m", input="hello", tools=mcp_tools(server_url, WRONG)
+            )
+    assert caught.value.status_code == 424
+    body: Any = caught.value.body
+    assert (body["error"]["code"], body["error"]["type"]) == (
+        "mcp_server_unauthorized",
+        "external_connector_error",
+    )
+    assert_no_token(json.dumps(body))
