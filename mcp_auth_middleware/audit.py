@@ -168,6 +168,8 @@ class Auditor:
         self, exc: MCPUpstreamAuthError, request: SourceRequest, request_id: str | None
     ) -> None:
         """The event of a credential an MCP server refused (401/403) during ``request``."""
+        if self._telemetry is not None:
+            self._telemetry.refused_upstream(exc)
         if self._log is None:
             return
         self._warn(
