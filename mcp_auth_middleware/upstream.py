@@ -71,7 +71,7 @@ _MAX_LABEL: Final = 256
 _MAX_RECORDED: Final = 32
 
 
-def _clean(value: object, limit: int) -> str | None:
+def _clean(value: object, limit: int | None) -> str | None:
     """``value`` without control or other non-printable characters, at most ``limit``
     characters; ``None`` for nothing (or only quotes) left."""
     if not isinstance(value, str):
@@ -93,7 +93,8 @@ def _base_url(url: str | None) -> str | None:
 
 def _challenge(response: Any) -> tuple[str | None, str | None, str | None]:
     """``resource_metadata``, ``scope`` and ``error`` of the response's ``WWW-Authenticate``,
-    parsed by the ``mcp`` SDK (``(None, None, None)`` without it), bounded and cleaned."""
+    parsed by the ``mcp`` SDK (``(None, None, None)`` without it), without control
+    characters (not yet bounded in length)."""
     try:
         from mcp.client.auth.utils import (
             extract_field_from_www_auth,
@@ -108,7 +109,7 @@ def _challenge(response: Any) -> tuple[str | None, str | None, str | None]:
         error = extract_field_from_www_auth(response, "error")
     except Exception:  # a header the SDK cannot read says nothing we can use
         return None, None, None
-    return _clean(metadata, _MAX_URL), _clean(scope, _MAX_SCOPE), _clean(error, _MAX_ERROR)
+    return _clean(metadata, None), _clean(scope, None), _clean(error, None)
 
 
 class MCPUpstreamAuthError(Exception):
@@ -156,7 +157,8 @@ class MCPUpstreamAuthError(Exception):
         if server_url is None:
             server_url = str(response.request.url)
         metadata, scope, error = _challenge(response)
-        # A server may echo what it was sent: no value that holds the token is kept.
+        # A server may echo what it was sent: no value that holds the token is kept (checked
+        # before the values are cut to their bounds, which could leave part of a token).
         secret = credential.token.get_secret_value()
         metadata, scope, error = (
             None if value is not None and secret in value else value

@@ -165,6 +165,12 @@ def test_a_challenge_that_echoes_the_token_does_not_carry_it() -> None:
     )
     assert (exc.error, exc.scope, exc.resource_metadata) == ("invalid_token", None, None)
     assert_no_token(str(exc), repr(exc))
+    # Nor a part of it: a long token is looked for before values are cut to their bounds,
+    # and control characters cannot hide it.
+    long = "L" * 4000
+    hidden = "\x01".join(long)
+    exc = refusal(401, f'Bearer error="x", scope="{hidden}"', token=long)
+    assert exc.scope is None
 
 
 def test_str_repr_and_pickle_hold_no_token_and_keep_every_field() -> None:
