@@ -5,7 +5,12 @@ The contract is ``docs/reference.md``; the README shows how to use it.
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from mcp_auth_middleware.audit import AUDIT_LOGGER, CREDENTIAL_REJECTED, CREDENTIAL_RESOLVED
+from mcp_auth_middleware.audit import (
+    AUDIT_LOGGER,
+    CREDENTIAL_REFUSED_UPSTREAM,
+    CREDENTIAL_REJECTED,
+    CREDENTIAL_RESOLVED,
+)
 from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import current_credentials, use_credentials
 from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, MCPCredentials
@@ -13,6 +18,7 @@ from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
 from mcp_auth_middleware.errors import CredentialRejected
 from mcp_auth_middleware.middleware import MCPAuthMiddleware
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
+from mcp_auth_middleware.upstream import MCPUpstreamAuthError, upstream_refusals
 
 if _TYPE_CHECKING:
     from mcp_auth_middleware.sessions import MCPSessionPool, MCPSessionPoolStats
@@ -21,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUDIT_LOGGER",
+    "CREDENTIAL_REFUSED_UPSTREAM",
     "CREDENTIAL_REJECTED",
     "CREDENTIAL_RESOLVED",
     "CredentialRejected",
@@ -34,10 +41,12 @@ __all__ = [
     "MCPCredentials",
     "MCPSessionPool",
     "MCPSessionPoolStats",
+    "MCPUpstreamAuthError",
     "ProviderDataMode",
     "SourceRequest",
     "current_credentials",
     "mcp_headers",
+    "upstream_refusals",
     "use_credentials",
 ]
 

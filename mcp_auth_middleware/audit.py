@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     from mcp_auth_middleware.config import MCPAuthConfig
     from mcp_auth_middleware.sources.base import SourceRequest
     from mcp_auth_middleware.telemetry import Telemetry
+    from mcp_auth_middleware.upstream import MCPUpstreamAuthError
 
 __all__ = [
     "AUDIT_LOGGER",
+    "CREDENTIAL_REFUSED_UPSTREAM",
     "CREDENTIAL_REJECTED",
     "CREDENTIAL_RESOLVED",
     "Auditor",
@@ -37,6 +39,7 @@ __all__ = [
 AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
 CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
 CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
+CREDENTIAL_REFUSED_UPSTREAM: Final = "mcp_credential_refused_upstream"
 
 #: Reads the caller's identity from the request's ASGI scope (``None``: unknown).
 CallerOf = Callable[[Scope], str | None]
@@ -152,13 +155,43 @@ class Auditor:
             self._telemetry.rejected(exc)
         if self._log is None:
             return
-        who = self._caller_of(request)
-        self._log.warning(
+        self._warn(
             CREDENTIAL_REJECTED,
-            logger=AUDIT_LOGGER,
+            request,
+            request_id,
             code=exc.code,
             param=_printable(exc.param),
             source=exc.source,
+        )
+
+    def refused_upstream(
+        self, exc: MCPUpstreamAuthError, request: SourceRequest, request_id: str | None
+    ) -> None:
+        """The event of a credential an MCP server refused (401/403) during ``request``."""
+        if self._telemetry is not None:
+            self._telemetry.refused_upstream(exc)
+        if self._log is None:
+            return
+        self._warn(
+            CREDENTIAL_REFUSED_UPSTREAM,
+            request,
+            request_id,
+            source=exc.source,
+            fingerprint=exc.fingerprint,
+            status=exc.status,
+            server_url=exc.server_url,
+            server_label=exc.server_label,
+        )
+
+    def _warn(
+        self, event: str, request: SourceRequest, request_id: str | None, **fields: Any
+    ) -> None:
+        """A warning event with the request's method, path, id and caller."""
+        who = self._caller_of(request)
+        self._log.warning(
+            event,
+            logger=AUDIT_LOGGER,
+            **fields,
             method=request.method,
             path=_printable(request.path, 2048),
             request_id=_printable(request_id),

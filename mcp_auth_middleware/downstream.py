@@ -21,6 +21,7 @@ from mcp_auth_middleware.checks import check_extra_header, check_token
 from mcp_auth_middleware.context import current_credentials
 from mcp_auth_middleware.credentials import InvalidCredential, MCPCredential, MCPCredentials
 from mcp_auth_middleware.endpoints import EndpointBindings
+from mcp_auth_middleware.upstream import REFUSED_STATUSES, raise_refusal
 from mcp_auth_middleware.urls import (
     AmbiguousPath,
     is_loopback_host,
@@ -155,16 +156,29 @@ class MCPBearerAuth(_AuthBase):
     def auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         cred = self._apply(request)
         response = yield request
-        if cred is not None:
-            self._endpoints.watch(request, response, cred, asynchronous=False)
+        self._answered(request, cred, response, asynchronous=False)
 
     sync_auth_flow = auth_flow
 
     async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         cred = self._apply(request)
         response = yield request
-        if cred is not None:
-            self._endpoints.watch(request, response, cred, asynchronous=True)
+        self._answered(request, cred, response, asynchronous=True)
+
+    def _answered(
+        self, request: Any, cred: MCPCredential | None, response: Any, *, asynchronous: bool
+    ) -> None:
+        """What a response to a request that carried a credential tells: a refusal (raise
+        MCPUpstreamAuthError), or an event stream whose SSE endpoint gets its credential."""
+        sent = response.request
+        if sent is not request:  # a redirect the client followed: what its last hop carried
+            applied = "Authorization" in sent.extensions.get(_APPLIED, ())
+            cred = self.credential_for(sent) if applied else None
+        if cred is None:
+            return
+        if response.status_code in REFUSED_STATUSES:
+            raise_refusal(cred, response)
+        self._endpoints.watch(sent, response, cred, asynchronous=asynchronous)
 
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""

@@ -42,6 +42,7 @@ from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
 from mcp_auth_middleware.sources.body import BodySource, parse_body, redact_body
 from mcp_auth_middleware.sources.provider_data import ProviderDataSource
 from mcp_auth_middleware.sources.server_header import ServerHeaderSource
+from mcp_auth_middleware.upstream import serve_recording_refusals
 
 __all__ = ["MCPAuthMiddleware"]
 
@@ -146,7 +147,10 @@ class MCPAuthMiddleware:
         held = _Scope(credentials)
         token = _credentials.set(held)
         try:
-            await self.app(request.scope, replay, send)
+            # Records the MCP servers' refusals of these credentials (audit, 424).
+            await serve_recording_refusals(
+                self.app, request, replay, send, self._auditor, request_id
+            )
         finally:
             held.close()
             _credentials.reset(token)

@@ -3,7 +3,10 @@
 An ``mcp`` 2.x server binds a session to the credential that opened it: the same session
 used with another token gets ``404 Session not found``. So a pooled session is keyed by the
 normalised server URL *and* the credential's fingerprint (12 hex of the token's SHA-256,
-never the token), and only a borrower with that very credential gets it back.
+never the token), and only a borrower with that very credential gets it back. The key also
+holds the transport (streamable HTTP or SSE) and the borrower's *partition* (a caller's
+identity, a conversation), so that callers who share a token never share a session.
+A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
 
 Each pooled session is opened, held and closed by one long-lived task in the pool's task
 group (anyio cancel scopes must exit in the task that entered them), and talks through its
@@ -24,13 +27,14 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Final, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar, get_args
 
 import anyio
 import anyio.abc
 import httpx2
 import structlog
 from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ListToolsResult
 from mcp_types import INVALID_REQUEST
@@ -38,6 +42,12 @@ from mcp_types import INVALID_REQUEST
 from mcp_auth_middleware.context import current_credentials, use_credentials
 from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
+from mcp_auth_middleware.upstream import (
+    MCPUpstreamAuthError,
+    capture_refusals,
+    find_refusal,
+    record_refusal,
+)
 from mcp_auth_middleware.urls import (
     ServerURL,
     is_loopback_host,
@@ -54,6 +64,7 @@ __all__ = [
     "MCPSessionPool",
     "MCPSessionPoolStats",
     "PoolClosedError",
+    "Transport",
     "is_session_dropped",
 ]
 
@@ -78,6 +89,17 @@ _DROPPED_MESSAGES: Final = frozenset({"Session not found", "Session terminated"}
 _READ_TIMEOUT: Final = 300.0
 
 _T = TypeVar("_T")
+
+#: How a session talks to its server: ``"streamable-http"``, ``"sse"`` (the older HTTP+SSE
+#: transport), or ``"auto"``: SSE when the URL's path ends in ``/sse``, else streamable HTTP.
+Transport = Literal["auto", "streamable-http", "sse"]
+_TRANSPORTS: Final = frozenset(get_args(Transport))
+
+
+def _transport_of(server: ServerURL, transport: Transport) -> Literal["streamable-http", "sse"]:
+    if transport == "auto":
+        return "sse" if server.path.rsplit("/", 1)[-1] == "sse" else "streamable-http"
+    return transport
 
 
 def is_session_dropped(exc: BaseException) -> bool:
@@ -134,19 +156,62 @@ class _Key(NamedTuple):
     # A digest of the extra headers: one caller may send the same token with and without
     # them (body vs provider data), and each variant keeps a session of its own.
     headers: str | None = None
+    transport: str = "streamable-http"
+    # The borrower's partition (a caller's identity, a conversation): callers who share a
+    # token never share a session unless they name the same partition.
+    partition: str | None = None
 
-    def __repr__(self) -> str:  # the URL's query may hold a secret
+    def __repr__(self) -> str:  # the URL's query may hold a secret; a partition may be PII
+        partition = None if self.partition is None else _digest(self.partition)
         return (
             f"_Key(server={redacted_url(self.server)!r}, fingerprint={self.fingerprint!r}, "
-            f"headers={self.headers!r})"
+            f"headers={self.headers!r}, transport={self.transport!r}, partition={partition!r})"
         )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _headers_digest(cred: MCPCredential | None) -> str | None:
     if cred is None or not cred.headers:
         return None
     items = "\n".join(f"{name.lower()}:{value}" for name, value in sorted(cred.headers.items()))
-    return hashlib.sha256(items.encode()).hexdigest()[:12]
+    return _digest(items)
+
+
+class _SessionAuth(MCPBearerAuth):
+    """The auth of one pooled session's own client: the session's fixed credential, and a
+    refusal reported to the session (``on_refusal``) as well as raised.
+
+    The session's transport dies of a refusal, and the SDK's SSE transport would never
+    answer the request whose POST was refused: reporting it lets the pool close the session
+    at once and raise the refusal to every borrower, not a "Connection closed". An SSE
+    session's message endpoint gets the credential the way it does with any
+    ``MCPBearerAuth``: bound to the stream that announced it, never by origin.
+    """
+
+    __slots__ = ("_on_refusal",)
+
+    def __init__(
+        self,
+        credential: MCPCredential | None,
+        *,
+        allow_insecure_http: bool,
+        on_refusal: Callable[[MCPUpstreamAuthError], None],
+    ) -> None:
+        fixed = () if credential is None else (credential,)
+        super().__init__(allow_insecure_http=allow_insecure_http, credentials=fixed)
+        self._on_refusal = on_refusal
+
+    def _answered(
+        self, request: Any, cred: MCPCredential | None, response: Any, *, asynchronous: bool
+    ) -> None:
+        try:
+            super()._answered(request, cred, response, asynchronous=asynchronous)
+        except MCPUpstreamAuthError as exc:
+            self._on_refusal(exc)
+            raise
 
 
 class _Session:
@@ -161,6 +226,7 @@ class _Session:
         "last_used",
         "pooled",
         "ready",
+        "refusal",
         "retired",
         "server",
         "session",
@@ -183,6 +249,7 @@ class _Session:
         self.pooled = pooled
         self.session: ClientSession | None = None
         self.error: BaseException | None = None
+        self.refusal: MCPUpstreamAuthError | None = None  # the server refused its credential
         self.ready = anyio.Event()  # set once open, or once opening failed
         self.closing = anyio.Event()  # set to make the owner task close the session
         self.retired = not pooled  # no longer lent out; closes when the last borrower leaves
@@ -198,10 +265,17 @@ class _Session:
             mine.token.get_secret_value().encode(), credential.token.get_secret_value().encode()
         ) and dict(mine.headers) == dict(credential.headers)
 
+    def refused(self, refusal: MCPUpstreamAuthError) -> None:
+        """The server refused this session's credential: close it, remember why."""
+        if self.refusal is None:
+            self.refusal = refusal
+        self.closing.set()
+
     def log_fields(self) -> dict[str, Any]:
         return {
             "server_url": self.server.loggable,
             "fingerprint": self.key.fingerprint,
+            "transport": self.key.transport,
             "pooled": self.pooled,
         }
 
@@ -232,8 +306,12 @@ class MCPSessionPool:
                 await session.list_tools()
 
     A borrower gets a pooled session only if it brings the same credential for that server
-    (by default the current request's, matched as :class:`MCPBearerAuth` matches it);
-    without one it gets a session keyed by the server alone, which sends no token.
+    (by default the current request's, matched as :class:`MCPBearerAuth` matches it) and the
+    same partition (``partition=``, else ``partition_by()``, else none); without a
+    credential it gets a session keyed by the server alone, which sends no token.
+    ``transport``: ``"streamable-http"``, ``"sse"``, or ``"auto"`` (SSE for a URL whose path
+    ends in ``/sse``), for the pool and per borrow. A server that refuses the credential
+    raises :class:`MCPUpstreamAuthError`.
 
     ``max_sessions`` bounds the pooled sessions: when full, the least recently used idle one
     is closed; when every one is busy, the borrower gets a temporary session, closed after
@@ -252,7 +330,13 @@ class MCPSessionPool:
         allow_insecure_http: bool = False,
         http_timeout: float = 30.0,
         http_client_factory: HTTPClientFactory | None = None,
+        transport: Transport = "auto",
+        partition_by: Callable[[], str | None] | None = None,
     ) -> None:
+        if transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}")
+        if partition_by is not None and not callable(partition_by):
+            raise ValueError("partition_by must be a callable returning a str or None")
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ValueError("max_sessions must be a positive integer")
         if idle_timeout is not None and not (math.isfinite(idle_timeout) and idle_timeout > 0):
@@ -265,6 +349,8 @@ class MCPSessionPool:
         self.http_timeout = http_timeout
         self._timeout = httpx2.Timeout(http_timeout, read=max(http_timeout, _READ_TIMEOUT))
         self._client_factory = http_client_factory or _default_client
+        self.transport: Transport = transport
+        self.partition_by = partition_by
         self._entries: dict[_Key, _Session] = {}  # the pooled sessions, open or opening
         self._live: set[_Session] = set()  # every session with an owner task
         self._counts = dict.fromkeys([f.name for f in fields(MCPSessionPoolStats)], 0)
@@ -331,25 +417,36 @@ class MCPSessionPool:
 
     @asynccontextmanager
     async def session(
-        self, server_url: str, credential: MCPCredential | None = None
+        self,
+        server_url: str,
+        credential: MCPCredential | None = None,
+        *,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> AsyncIterator[ClientSession]:
         """Borrow a ready (initialised) ``ClientSession`` to ``server_url`` for the block.
 
         ``credential`` defaults to the current request's credential for that server. The
-        session may be shared with concurrent borrowers of the same credential (MCP
-        multiplexes requests); do not close it. If the server has dropped it, the error
-        propagates and the session is discarded, so the next borrower gets a fresh one.
+        session may be shared with concurrent borrowers of the same credential and partition
+        (MCP multiplexes requests); do not close it. If the server has dropped it, the error
+        propagates and the session is discarded, so the next borrower gets a fresh one. A
+        server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
         """
         url, server, cred = self._target(server_url, credential)
-        entry = await self._acquire(url, server, cred)
-        try:
-            assert entry.session is not None
-            yield entry.session
-        except Exception as exc:
-            self._note_failure(entry, exc)
-            raise
-        finally:
-            self._release(entry)
+        key = self._key(server, cred, partition, transport)
+        entry = await self._acquire(url, server, cred, key)
+        with capture_refusals() as refusals:
+            try:
+                assert entry.session is not None
+                yield entry.session
+            except Exception as exc:
+                refusal = self._refusal(entry, exc, refusals)
+                if refusal is not None:
+                    raise refusal from exc
+                self._note_failure(entry, exc)
+                raise
+            finally:
+                self._release(entry)
 
     async def call_tool(
         self,
@@ -359,25 +456,38 @@ class MCPSessionPool:
         *,
         credential: MCPCredential | None = None,
         read_timeout_seconds: float | None = None,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> CallToolResult:
-        """``session.call_tool`` on a borrowed session; retried once if the server dropped it."""
+        """``session.call_tool`` on a borrowed session; retried once if the server dropped it.
+
+        A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
+        """
 
         async def call(session: ClientSession) -> CallToolResult:
             return await session.call_tool(
                 name, arguments, read_timeout_seconds=read_timeout_seconds
             )
 
-        return await self._run(server_url, credential, call)
+        return await self._run(server_url, credential, call, partition, transport)
 
     async def list_tools(
-        self, server_url: str, *, credential: MCPCredential | None = None
+        self,
+        server_url: str,
+        *,
+        credential: MCPCredential | None = None,
+        partition: str | None = None,
+        transport: Transport | None = None,
     ) -> ListToolsResult:
-        """``session.list_tools`` on a borrowed session; retried once if the server dropped it."""
+        """``session.list_tools`` on a borrowed session; retried once if the server dropped it.
+
+        A server that refuses the credential (401/403) raises :class:`MCPUpstreamAuthError`.
+        """
 
         async def call(session: ClientSession) -> ListToolsResult:
             return await session.list_tools()
 
-        return await self._run(server_url, credential, call)
+        return await self._run(server_url, credential, call, partition, transport)
 
     # --- borrowing --------------------------------------------------------------------
 
@@ -406,10 +516,35 @@ class MCPSessionPool:
             raise InsecureTransportError(INSECURE_HTTP)
         return server_url, server, cred
 
-    async def _acquire(self, url: str, server: ServerURL, cred: MCPCredential | None) -> _Session:
+    def _key(
+        self,
+        server: ServerURL,
+        cred: MCPCredential | None,
+        partition: str | None,
+        transport: Transport | None,
+    ) -> _Key:
+        """The pool key of a borrow: server, credential, transport and partition."""
+        if transport is None:
+            transport = self.transport
+        elif transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}")
+        if partition is None and self.partition_by is not None:
+            partition = self.partition_by()
+        if partition is not None and not isinstance(partition, str):
+            raise TypeError("a partition must be a str or None")
+        return _Key(
+            server.url,
+            None if cred is None else cred.fingerprint,
+            _headers_digest(cred),
+            _transport_of(server, transport),
+            partition,
+        )
+
+    async def _acquire(
+        self, url: str, server: ServerURL, cred: MCPCredential | None, key: _Key
+    ) -> _Session:
         if self._tasks is None:
             raise PoolClosedError(POOL_NOT_OPEN)
-        key = _Key(server.url, None if cred is None else cred.fingerprint, _headers_digest(cred))
         # No await between the lookup and the insertion: concurrent first use of a key
         # finds the entry the first borrower created and waits for the same session.
         entry = self._entries.get(key)
@@ -431,6 +566,8 @@ class MCPSessionPool:
             raise
         if entry.session is None:
             self._release(entry)
+            if isinstance(entry.error, MCPUpstreamAuthError):
+                record_refusal(entry.error)  # in this borrower's request
             raise entry.error or PoolClosedError(POOL_NOT_OPEN)
         if reused:
             self._counts["reused"] += 1
@@ -460,6 +597,17 @@ class MCPSessionPool:
         self._retire(entry, "replaced")
         return True
 
+    def _refusal(
+        self, entry: _Session, exc: BaseException, recorded: list[MCPUpstreamAuthError]
+    ) -> MCPUpstreamAuthError | None:
+        """The server's refusal behind ``exc`` (raised, or recorded while the SDK turned it
+        into another error), if any; the session, whose transport it ended, is discarded."""
+        refusal = find_refusal(exc) or (recorded[-1] if recorded else None) or entry.refusal
+        if refusal is not None:
+            self._retire(entry)
+            record_refusal(refusal)
+        return refusal
+
     def _evict_one(self) -> bool:
         idle = [e for e in self._entries.values() if e.borrowers == 0 and e.session is not None]
         if not idle:
@@ -472,18 +620,25 @@ class MCPSessionPool:
         server_url: str,
         credential: MCPCredential | None,
         call: Callable[[ClientSession], Awaitable[_T]],
+        partition: str | None,
+        transport: Transport | None,
     ) -> _T:
         url, server, cred = self._target(server_url, credential)
+        key = self._key(server, cred, partition, transport)
         for attempt in (1, 2):
-            entry = await self._acquire(url, server, cred)
-            try:
-                assert entry.session is not None
-                return await call(entry.session)
-            except Exception as exc:
-                if not self._note_failure(entry, exc) or attempt == 2:
-                    raise
-            finally:
-                self._release(entry)
+            entry = await self._acquire(url, server, cred, key)
+            with capture_refusals() as refusals:
+                try:
+                    assert entry.session is not None
+                    return await call(entry.session)
+                except Exception as exc:
+                    refusal = self._refusal(entry, exc, refusals)
+                    if refusal is not None:
+                        raise refusal from exc
+                    if not self._note_failure(entry, exc) or attempt == 2:
+                        raise
+                finally:
+                    self._release(entry)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- the tasks that own sessions ----------------------------------------------------
@@ -495,16 +650,7 @@ class MCPSessionPool:
             # No request credentials in this task: its client has fixed ones (see module doc).
             with use_credentials(()), anyio.CancelScope() as scope:
                 async with AsyncExitStack() as stack:
-                    auth = MCPBearerAuth(
-                        allow_insecure_http=self.allow_insecure_http,
-                        credentials=() if entry.credential is None else (entry.credential,),
-                    )
-                    http = await stack.enter_async_context(
-                        self._client_factory(auth=auth, timeout=self._timeout)
-                    )
-                    read, write = await stack.enter_async_context(
-                        streamable_http_client(entry.url, http_client=http)
-                    )
+                    read, write = await stack.enter_async_context(self._transport(entry))
                     session = await stack.enter_async_context(ClientSession(read, write))
                     # One scope around the whole stack, its deadline moved: a scope entered
                     # after the transport's task group could not be exited before it.
@@ -526,7 +672,7 @@ class MCPSessionPool:
             if scope.cancelled_caught and entry.session is None:
                 raise TimeoutError("timed out opening the MCP session")
         except Exception as exc:
-            error = _unwrap(exc)
+            error = find_refusal(exc) or _unwrap(exc)
             if entry.session is None:
                 entry.error = error
             self._log.warning(SESSION_FAILED, error=type(error).__name__, **entry.log_fields())
@@ -538,6 +684,40 @@ class MCPSessionPool:
             self._live.discard(entry)
             if entry.session is not None:
                 self._log.debug(SESSION_CLOSED, **entry.log_fields())
+
+    @asynccontextmanager
+    async def _transport(self, entry: _Session) -> AsyncIterator[tuple[Any, Any]]:
+        """The read and write streams of ``entry``'s transport, through a client of its own."""
+        sse = entry.key.transport == "sse"
+        auth = _SessionAuth(
+            entry.credential,
+            allow_insecure_http=self.allow_insecure_http,
+            on_refusal=entry.refused,
+        )
+        if sse:
+
+            def factory(
+                headers: dict[str, str] | None = None,
+                timeout: httpx2.Timeout | None = None,
+                auth: httpx2.Auth | None = None,
+            ) -> httpx2.AsyncClient:
+                assert auth is not None
+                return self._client_factory(auth=auth, timeout=self._timeout)
+
+            async with sse_client(
+                entry.url,
+                timeout=self.http_timeout,
+                sse_read_timeout=_READ_TIMEOUT,
+                httpx_client_factory=factory,
+                auth=auth,
+            ) as streams:
+                yield streams
+            return
+        async with (
+            self._client_factory(auth=auth, timeout=self._timeout) as http,
+            streamable_http_client(entry.url, http_client=http) as streams,
+        ):
+            yield streams
 
     async def _expire_idle(self) -> None:
         """Close pooled sessions unused for ``idle_timeout`` seconds, at their due time."""

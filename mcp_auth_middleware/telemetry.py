@@ -22,6 +22,7 @@ from mcp_auth_middleware.audit import _printable as printable
 if TYPE_CHECKING:
     from mcp_auth_middleware.errors import CredentialRejected
     from mcp_auth_middleware.resolve import Resolved
+    from mcp_auth_middleware.upstream import MCPUpstreamAuthError
 
 try:
     from opentelemetry import metrics as _metrics
@@ -38,6 +39,8 @@ __all__ = [
     "INSTRUMENTATION_SCOPE",
     "REJECTIONS",
     "REJECTION_EVENT",
+    "UPSTREAM_REFUSALS",
+    "UPSTREAM_REFUSAL_EVENT",
     "Telemetry",
     "telemetry",
 ]
@@ -52,10 +55,12 @@ INSTRUMENTATION_SCOPE: Final = "mcp_auth_middleware"
 CREDENTIALS_RESOLVED: Final = "mcp.auth.credentials.resolved"
 CREDENTIALS_SHADOWED: Final = "mcp.auth.credentials.shadowed"
 REJECTIONS: Final = "mcp.auth.rejections"
+UPSTREAM_REFUSALS: Final = "mcp.auth.upstream_refusals"
 
 # Span events.
 CREDENTIAL_EVENT: Final = "mcp.auth.credential"
 REJECTION_EVENT: Final = "mcp.auth.rejection"
+UPSTREAM_REFUSAL_EVENT: Final = "mcp.auth.upstream_refusal"
 
 # Attributes.
 SOURCE: Final = "mcp.auth.source"
@@ -66,13 +71,21 @@ SERVER_URL: Final = "mcp.server.url"
 SERVER_LABEL: Final = "mcp.server.label"
 REJECTION_CODE: Final = "mcp.auth.rejection.code"
 REJECTION_PARAM: Final = "mcp.auth.rejection.param"
+REFUSAL_STATUS: Final = "mcp.server.status"
 
 
 class Telemetry:
     """Records the two audit points (credentials resolved, request rejected) in
     OpenTelemetry. Needs ``opentelemetry-api``: build it through :func:`telemetry`."""
 
-    __slots__ = ("_attributes", "_current_span", "_rejections", "_resolved", "_shadowed")
+    __slots__ = (
+        "_attributes",
+        "_current_span",
+        "_refusals",
+        "_rejections",
+        "_resolved",
+        "_shadowed",
+    )
 
     def __init__(self) -> None:
         if _metrics is None or _trace is None:  # pragma: no cover - guarded by telemetry()
@@ -94,6 +107,11 @@ class Telemetry:
             REJECTIONS,
             unit="{request}",
             description="Requests refused for their MCP credentials, by rejection code",
+        )
+        self._refusals = meter.create_counter(
+            UPSTREAM_REFUSALS,
+            unit="{refusal}",
+            description="MCP credentials an MCP server refused (401/403), by source and status",
         )
         self._current_span = _trace.get_current_span
         # Metric attributes by source name: a handful, built once each.
@@ -129,6 +147,22 @@ class Telemetry:
         if span.is_recording():
             span.add_event(REJECTION_EVENT, {**attributes, REJECTION_PARAM: printable(exc.param)})
             span.set_attribute(REJECTION_CODE, exc.code)
+
+    def refused_upstream(self, exc: MCPUpstreamAuthError) -> None:
+        """An MCP server refused a credential of this request (counted by source and
+        status; the span event also names the server and the fingerprint)."""
+        attributes: dict[str, Any] = {REFUSAL_STATUS: exc.status}
+        if exc.source is not None:
+            attributes[SOURCE] = exc.source
+        self._refusals.add(1, attributes)
+        span = self._current_span()
+        if span.is_recording():
+            event = {**attributes, FINGERPRINT: exc.fingerprint or ""}
+            if exc.server_url is not None:
+                event[SERVER_URL] = exc.server_url
+            if exc.server_label is not None:
+                event[SERVER_LABEL] = exc.server_label
+            span.add_event(UPSTREAM_REFUSAL_EVENT, event)
 
 
 def _annotate(span: Any, items: Sequence[Resolved]) -> None:

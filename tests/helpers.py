@@ -29,6 +29,17 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.sources.base import SourceRequest
 
+try:  # the mcp SDK (which imports opentelemetry): absent where a test hides a dependency
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.mcpserver import Context
+
+    from mcp_auth_middleware.testing import RecordingMCPServer
+    from mcp_auth_middleware.testing.server import Transport
+except ImportError:  # pragma: no cover - a child process that hides opentelemetry
+    HAVE_MCP = False
+else:
+    HAVE_MCP = True
+
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -386,3 +397,73 @@ def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+# --- an MCP server that refuses: 401 and 403 with the MCP authorization spec's challenge ------
+
+
+if HAVE_MCP:
+
+    def _session_id(ctx: Context) -> str:
+        """The MCP session of the request a tool runs for: the streamable HTTP transport's
+        ``Mcp-Session-Id`` header, or the SSE transport's ``session_id`` query parameter."""
+        request = ctx.request_context.request
+        assert isinstance(request, Request)
+        session_id = request.headers.get("mcp-session-id") or request.query_params["session_id"]
+        return str(session_id)
+
+    class GuardedMCPServer(RecordingMCPServer):
+        """The testing kit's real MCP server, refusing as the MCP authorization spec says.
+
+        An unknown token gets the SDK's 401, a token whose ``scopes`` (token -> granted scopes;
+        every other known token has the required ``"mcp"``) lack ``"mcp"`` the SDK's 403
+        ``insufficient_scope``; both challenges also name ``scope="mcp"`` (the SDK's server leaves
+        it out, the spec's servers should send it). Two tools keep state per MCP session:
+        ``remember(note)`` and ``recall()`` (the notes remembered on this session).
+        """
+
+        def __init__(
+            self,
+            tokens: dict[str, str],
+            *,
+            scopes: dict[str, list[str]] | None = None,
+            name: str = "guarded",
+        ) -> None:
+            super().__init__(tokens, name=name)
+            self.scopes = dict(scopes or {})
+            self.notes: dict[str, list[str]] = {}  # by MCP session id
+
+            @self.server.tool()
+            def remember(note: str, ctx: Context) -> int:
+                """Remember ``note`` on this MCP session; the number of notes it holds."""
+                notes = self.notes.setdefault(_session_id(ctx), [])
+                notes.append(note)
+                return len(notes)
+
+            @self.server.tool()
+            def recall(ctx: Context) -> list[str]:
+                """The notes remembered on this MCP session."""
+                return list(self.notes.get(_session_id(ctx), []))
+
+        async def verify_token(self, token: str) -> AccessToken | None:
+            access = await super().verify_token(token)
+            if access is not None and token in self.scopes:
+                access = access.model_copy(update={"scopes": list(self.scopes[token])})
+            return access
+
+        def app(self, transport: Transport = "streamable-http") -> ASGIApp:
+            inner = super().app(transport)
+
+            async def challenge_with_scope(scope: Scope, receive: Receive, send: Send) -> None:
+                async def add_scope(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        headers = [
+                            (k, v + b', scope="mcp"' if k.lower() == b"www-authenticate" else v)
+                            for k, v in message["headers"]
+                        ]
+                        message = {**message, "headers": headers}
+                    await send(message)
+
+                await inner(scope, receive, add_scope if scope["type"] == "http" else send)
+
+            return challenge_with_scope

@@ -28,7 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_auth_middleware import MCPAuthMiddleware, MCPBearerAuth, current_credentials
+from mcp_auth_middleware import (
+    MCPAuthMiddleware,
+    MCPBearerAuth,
+    MCPUpstreamAuthError,
+    current_credentials,
+)
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
 from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
@@ -132,7 +137,7 @@ class Gateway:
                 else:
                     session, item["reused"] = await self._pooled(tool["server_url"], pool)
                     result = await session.call_tool("whoami", {})
-            except* (MCPError, httpx2.HTTPError):
+            except* (MCPError, MCPUpstreamAuthError, httpx2.HTTPError):
                 failed = [h["status"] for h in hops[first_hop:] if h["status"] >= 400]
                 item["error"] = {"mcp_status": failed[0] if failed else None}
             else:

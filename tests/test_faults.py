@@ -592,7 +592,7 @@ def gateway() -> Starlette:
     [
         pytest.param("down", "ConnectError", id="down"),
         pytest.param("/slow", "ReadTimeout", id="slow"),
-        pytest.param("/401", 401, id="401"),
+        pytest.param("/401", "MCPUpstreamAuthError", id="401"),  # raised by MCPBearerAuth
         pytest.param("/500", 500, id="500"),
     ],
 )

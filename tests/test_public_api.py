@@ -41,6 +41,7 @@ FIXED_NAMES = (
     "use_credentials",
     "MCPBearerAuth",
     "mcp_headers",
+    "MCPUpstreamAuthError",
 )
 
 

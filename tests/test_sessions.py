@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from mcp_auth_middleware import (
     InsecureTransportError,
     MCPAuthMiddleware,
     MCPCredential,
+    MCPUpstreamAuthError,
     current_credentials,
     use_credentials,
 )
@@ -43,10 +45,12 @@ from mcp_auth_middleware.sessions import (
     MCPSessionPool,
     MCPSessionPoolStats,
     PoolClosedError,
+    Transport,
     is_session_dropped,
 )
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
-from tests.helpers import eventually
+from mcp_auth_middleware.testing.server import Transport as ServerTransport
+from tests.helpers import GuardedMCPServer, eventually
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
@@ -218,8 +222,10 @@ async def test_a_server_without_a_credential_gets_its_own_session_without_a_toke
 async def test_a_wrong_token_fails_to_open_and_is_not_pooled(upstream: Upstream) -> None:
     async with MCPSessionPool() as pool:
         for _ in range(2):  # each attempt tries again: a failure is not cached
-            with pytest.raises(MCPError):
+            with pytest.raises(MCPUpstreamAuthError) as caught:
                 await whoami(pool, upstream, WRONG)
+            assert (caught.value.status, caught.value.error) == (401, "invalid_token")
+            assert caught.value.fingerprint == fingerprint(WRONG)
         assert len(pool) == 0
         assert await whoami(pool, upstream, ALICE) == "alice"
     assert upstream.mcp.rejected == [fingerprint(WRONG)] * 2
@@ -524,8 +530,8 @@ async def test_no_token_in_the_pools_repr_stats_errors_or_logs(
         seen += [repr(pool), str(pool), repr(pool.stats), repr(pool._entries)]
         try:
             await whoami(pool, upstream, WRONG)
-        except MCPError as exc:
-            seen += [repr(exc), str(exc)]
+        except MCPUpstreamAuthError as exc:
+            seen += [repr(exc), str(exc), repr(exc.__cause__)]
         upstream.tracker.drop = True
         try:
             await whoami(pool, upstream, BOB)
@@ -599,3 +605,249 @@ async def test_a_gateway_reuses_sessions_across_requests_per_caller(upstream: Up
     assert len(upstream.tracker.opened) == 2  # one session per caller, for ten requests
     assert all(upstream.tracker.opened[sid] == token for sid, token in upstream.tracker.used)
     assert set(upstream.tracker.deleted) == set(upstream.tracker.opened)  # lifespan closed them
+
+
+# --- servers that refuse: MCPUpstreamAuthError ------------------------------------------
+
+READER = "reader-token-2222222222"  # known, without the "mcp" scope the server requires
+
+
+@pytest.fixture
+def guarded() -> GuardedMCPServer:
+    return GuardedMCPServer({**USERS, READER: "reader"}, scopes={READER: ["read"]})
+
+
+def guarded_cred(url: str, token: str) -> MCPCredential:
+    return MCPCredential(token=token, source="body", server_url=url, server_label="crm")
+
+
+async def borrow(pool: MCPSessionPool, how: str, url: str, cred: MCPCredential) -> None:
+    """Call the server through ``pool.call_tool``, ``pool.list_tools`` or ``pool.session``,
+    as ``how`` says."""
+    if how == "call_tool":
+        await pool.call_tool(url, "whoami", credential=cred)
+    elif how == "list_tools":
+        await pool.list_tools(url, credential=cred)
+    else:
+        async with pool.session(url, cred) as session:
+            await session.list_tools()
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+@pytest.mark.parametrize(
+    ("token", "status", "error"),
+    [(WRONG, 401, "invalid_token"), (READER, 403, "insufficient_scope")],
+)
+async def test_a_refused_credential_raises_the_servers_refusal_from_every_call(
+    guarded: GuardedMCPServer, transport: ServerTransport, token: str, status: int, error: str
+) -> None:
+    with guarded.running(transport) as url:
+        cred = guarded_cred(url, token)
+        async with MCPSessionPool() as pool:
+            refusals: list[MCPUpstreamAuthError] = []
+            for call in ("call_tool", "list_tools", "session"):
+                with anyio.fail_after(WAIT), pytest.raises(MCPUpstreamAuthError) as caught:
+                    await borrow(pool, call, url, cred)
+                refusals.append(caught.value)
+            assert len(pool) == 0
+            assert pool.stats == stats()
+    assert {(e.status, e.error, e.scope) for e in refusals} == {(status, error, "mcp")}
+    assert {(e.server_url, e.server_label, e.fingerprint) for e in refusals} == {
+        (url, "crm", fingerprint(token))
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_token_revoked_mid_session_raises_the_refusal_and_the_session_goes(
+    guarded: GuardedMCPServer, transport: ServerTransport
+) -> None:
+    with guarded.running(transport) as url:
+        cred = guarded_cred(url, ALICE)
+        async with MCPSessionPool() as pool:
+            with anyio.fail_after(WAIT):
+                await pool.call_tool(url, "whoami", credential=cred)
+                del guarded.tokens[ALICE]
+                with pytest.raises(MCPUpstreamAuthError) as caught:
+                    await pool.call_tool(url, "whoami", credential=cred)
+                assert (caught.value.status, caught.value.fingerprint) == (401, fingerprint(ALICE))
+                await eventually(lambda: len(pool) == 0)
+                guarded.tokens[ALICE] = "alice"  # a new token, as it were: a fresh session
+                result = await pool.call_tool(url, "whoami", credential=cred)
+            assert (result.structured_content or {})["result"] == "alice"
+            assert pool.stats == stats(opened=2, reused=1)
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_a_refusal_inside_a_borrowed_session_block_is_raised_as_such(
+    guarded: GuardedMCPServer,
+) -> None:
+    with guarded.running() as url:
+        cred = guarded_cred(url, ALICE)
+        async with MCPSessionPool() as pool:
+            with anyio.fail_after(WAIT), pytest.raises(MCPUpstreamAuthError):
+                await list_revoke_list(pool, url, cred, guarded)
+            await eventually(lambda: len(pool) == 0)
+
+
+async def list_revoke_list(
+    pool: MCPSessionPool, url: str, cred: MCPCredential, server: GuardedMCPServer
+) -> None:
+    async with pool.session(url, cred) as session:
+        await session.list_tools()
+        server.tokens.clear()
+        await session.list_tools()
+
+
+# --- partitions: callers who share a token ----------------------------------------------
+
+
+async def remember(pool: MCPSessionPool, url: str, note: str, **borrow: Any) -> None:
+    with anyio.fail_after(WAIT):
+        result = await pool.call_tool(url, "remember", {"note": note}, **borrow)
+    assert not result.is_error, result
+
+
+async def recall(pool: MCPSessionPool, url: str, **borrow: Any) -> list[str]:
+    with anyio.fail_after(WAIT):
+        result = await pool.call_tool(url, "recall", **borrow)
+    notes: list[str] = (result.structured_content or {})["result"]
+    return notes
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_callers_sharing_a_token_never_share_a_session_across_partitions(
+    guarded: GuardedMCPServer,
+) -> None:
+    with guarded.running() as url, use_credentials([guarded_cred(url, ALICE)]):
+        async with MCPSessionPool() as pool:
+            # One service-account token, two end users: a session (and its state) each.
+            await remember(pool, url, "ann's secret", partition="user:ann")
+            await remember(pool, url, "ben's secret", partition="user:ben")
+            assert await recall(pool, url, partition="user:ann") == ["ann's secret"]
+            assert await recall(pool, url, partition="user:ben") == ["ben's secret"]
+            assert pool.stats == stats(opened=2, reused=2)
+            # Without a partition the token alone is the key: a third session, and the
+            # leak a partition prevents (every borrower of the token sees its state).
+            await remember(pool, url, "shared", partition=None)
+            assert await recall(pool, url) == ["shared"]
+            assert len(pool) == 3
+    assert sorted(map(sorted, guarded.notes.values())) == [
+        ["ann's secret"],
+        ["ben's secret"],
+        ["shared"],
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_partition_by_reads_the_borrowers_partition_and_an_argument_overrides_it(
+    guarded: GuardedMCPServer,
+) -> None:
+    user: ContextVar[str | None] = ContextVar("user", default=None)
+    with guarded.running() as url, use_credentials([guarded_cred(url, ALICE)]):
+        async with MCPSessionPool(partition_by=user.get) as pool:
+            for name in ("ann", "ben"):
+                reset = user.set(name)
+                try:
+                    await remember(pool, url, name)
+                finally:
+                    user.reset(reset)
+            assert await recall(pool, url, partition="ann") == ["ann"]
+            assert await recall(pool, url, partition="ben") == ["ben"]
+            assert await recall(pool, url) == []  # no user: the token's own session
+            assert pool.stats == stats(opened=3, reused=2)
+            assert "ann" not in repr(pool._entries)
+
+
+# --- the SSE transport --------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["auto", "sse"])
+async def test_sse_sessions_are_pooled_and_every_request_carries_the_sessions_token(
+    transport: Transport,
+) -> None:
+    mcp = RecordingMCPServer(USERS)
+    with mcp.running("sse") as url:  # .../sse: "auto" picks SSE
+        async with MCPSessionPool(transport=transport) as pool:
+            for _ in range(3):
+                for token in (ALICE, BOB):
+                    with use_credentials(
+                        [MCPCredential(token=token, source="body", server_url=url)]
+                    ):
+                        with anyio.fail_after(WAIT):
+                            result = await pool.call_tool(url, "whoami")
+                    assert (result.structured_content or {})["result"] == USERS[token]
+            assert pool.stats == stats(opened=2, reused=4)
+    assert [c.user for c in mcp.calls] == ["alice", "bob"] * 3
+    # The stream and the message endpoint the server named: each with its session's token.
+    posts = [r for r in mcp.requests if r.method == "POST"]
+    assert {r.path for r in posts} == {"/messages/"}
+    assert {r.path for r in mcp.requests if r.method == "GET"} == {"/sse"}
+    assert all(r.auth == "accepted" for r in mcp.requests)
+    assert {r.token for r in mcp.requests} == {fingerprint(ALICE), fingerprint(BOB)}
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_the_sse_session_sends_its_token_to_no_other_origin(upstream: Upstream) -> None:
+    """A token for the SSE server never reaches another origin, even through the pool's
+    SSE client: a streamable-HTTP server on another port gets no token."""
+    mcp = RecordingMCPServer(USERS)
+    with mcp.running("sse") as url:
+        cred = MCPCredential(token=ALICE, source="body", server_url=url)
+        async with MCPSessionPool() as pool:
+            with pytest.raises(ValueError, match=CREDENTIAL_FOR_OTHER_SERVER):
+                await pool.call_tool(upstream.url, "whoami", credential=cred)
+    assert upstream.mcp.requests == []
+
+
+def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        MCPSessionPool(transport="websocket")  # type: ignore[arg-type]
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_borrower_whose_session_another_refusal_ended_gets_that_refusal(
+    guarded: GuardedMCPServer, transport: ServerTransport
+) -> None:
+    """One borrower waits on a slow call; the token is revoked and another borrower's call
+    is refused, which ends the session: the first gets the refusal, not "Connection closed"."""
+    started = anyio.Event()
+
+    @guarded.server.tool()
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep(0.5)
+        return "done"
+
+    errors: list[BaseException] = []
+
+    async def call(name: str) -> None:
+        try:
+            await pool.call_tool(url, name, credential=cred)
+        except Exception as exc:
+            errors.append(exc)
+
+    with guarded.running(transport) as url:
+        cred = guarded_cred(url, ALICE)
+        async with MCPSessionPool() as pool:
+            await pool.call_tool(url, "whoami", credential=cred)
+            with anyio.fail_after(WAIT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call, "slow")
+                    await eventually(started.is_set)
+                    guarded.tokens.clear()
+                    tg.start_soon(call, "whoami")
+    assert [type(e) for e in errors] == [MCPUpstreamAuthError] * 2, errors
+    refusals = [e for e in errors if isinstance(e, MCPUpstreamAuthError)]
+    assert {(e.status, e.fingerprint) for e in refusals} == {(401, fingerprint(ALICE))}

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2
 import pytest
 from opentelemetry import metrics
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -23,8 +24,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from mcp_auth_middleware import MCPAuthConfig, ProviderDataMode
+from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware, MCPBearerAuth, ProviderDataMode
 from mcp_auth_middleware import telemetry as telemetry_module
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.telemetry import (
@@ -34,6 +39,8 @@ from mcp_auth_middleware.telemetry import (
     INSTRUMENTATION_SCOPE,
     REJECTION_EVENT,
     REJECTIONS,
+    UPSTREAM_REFUSAL_EVENT,
+    UPSTREAM_REFUSALS,
 )
 from tests.helpers import NothingSource, client, make_app, mcp_tool, provider_data, run_python
 
@@ -344,3 +351,40 @@ def test_without_opentelemetry_the_middleware_works_and_records_nothing() -> Non
 def test_telemetry_module_reports_the_api_as_available() -> None:
     assert telemetry_module.AVAILABLE is True
     assert telemetry_module.telemetry() is not None
+
+
+@pytest.mark.anyio
+async def test_an_upstream_refusal_is_an_event_on_the_server_span_and_a_count(
+    spans: tuple[TracerProvider, InMemorySpanExporter], counted: Callable[[], Points]
+) -> None:
+    """The application calls the MCP server through MCPBearerAuth; the server answers 403
+    (an in-process transport here: the real servers are in test_upstream.py)."""
+    provider, exporter = spans
+
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        challenge = 'Bearer error="insufficient_scope", scope="crm:write"'
+        return httpx2.Response(403, headers={"WWW-Authenticate": challenge})
+
+    async def endpoint(request: Request) -> JSONResponse:
+        auth = MCPBearerAuth()
+        async with httpx2.AsyncClient(auth=auth, transport=httpx2.MockTransport(refuse)) as http:
+            await http.post(URL, json={})
+        return JSONResponse({})  # pragma: no cover - the post raises
+
+    app = Starlette(routes=[Route(PATH, endpoint, methods=["POST"])])
+    app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig())
+    async with client(OpenTelemetryMiddleware(app, tracer_provider=provider)) as c:
+        r = await c.post(PATH, json={"tools": [mcp_tool(URL, token=SECRET, label="crm")]})
+    assert r.status_code == 424
+    span = server_span(exporter)
+    [event] = [dict(e.attributes or {}) for e in span.events if e.name == UPSTREAM_REFUSAL_EVENT]
+    assert event == {
+        "mcp.auth.source": "body",
+        "mcp.server.status": 403,
+        "mcp.auth.fingerprint": fingerprint(SECRET),
+        "mcp.server.url": URL,
+        "mcp.server.label": "crm",
+    }
+    refusals = {k: v for k, v in counted().items() if k[0] == UPSTREAM_REFUSALS}
+    labels = frozenset({"mcp.auth.source": "body", "mcp.server.status": 403}.items())
+    assert refusals == {(UPSTREAM_REFUSALS, labels): 1}
