@@ -16,8 +16,8 @@ from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mcp_auth_middleware.context import current_credentials
-from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
-from mcp_auth_middleware.urls import is_loopback_host, parse_server_url, server_url_of
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials, MCPServerHeaders
+from mcp_auth_middleware.urls import ServerURL, is_loopback_host, parse_server_url, server_url_of
 
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 # Request extension naming the headers this auth set, so the next hop can remove them.
@@ -77,26 +77,32 @@ class MCPBearerAuth(_AuthBase):
         self,
         *,
         allow_insecure_http: bool = False,
-        credentials: MCPCredentials | Iterable[MCPCredential] | None = None,
+        credentials: MCPCredentials | Iterable[MCPCredential | MCPServerHeaders] | None = None,
     ) -> None:
         self.allow_insecure_http = allow_insecure_http
         if credentials is not None and not isinstance(credentials, MCPCredentials):
-            credentials = MCPCredentials(credentials)
+            items = list(credentials)
+            credentials = MCPCredentials(
+                [c for c in items if not isinstance(c, MCPServerHeaders)],
+                headers=[c for c in items if isinstance(c, MCPServerHeaders)],
+            )
         self._fixed: MCPCredentials | None = credentials
 
     def credential_for(self, request: Any) -> MCPCredential | None:
-        """The credential this outgoing request would carry (``None``: sent unchanged)."""
-        url = request.url
-        raw_path: bytes = url.raw_path
-        path, _, query = raw_path.decode("latin-1").partition("?")
-        target = server_url_of(
-            url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
-        )
-        creds = self._fixed if self._fixed is not None else current_credentials()
-        return creds.match_request(target)
+        """The credential this outgoing request would carry (``None``: no token)."""
+        return self._credentials().match_request(_target_of(request))
+
+    def headers_for(self, request: Any) -> MCPServerHeaders | None:
+        """The header-only entry this outgoing request would carry, when it has no
+        credential (:attr:`MCPCredentials.server_headers`)."""
+        return self._credentials().headers_entry_for(_target_of(request))
+
+    def _credentials(self) -> MCPCredentials:
+        return self._fixed if self._fixed is not None else current_credentials()
 
     def apply(self, request: Any) -> Any:
-        """Set ``Authorization`` (and the credential's extra headers) on ``request``.
+        """Set ``Authorization`` (and the credential's extra headers) on ``request``; for a
+        server that has headers and no token (a header-only entry), those headers alone.
 
         Headers this auth set on an earlier hop of the same request (a redirect copies them)
         are removed first, so a redirected request carries only what its own URL's
@@ -105,18 +111,24 @@ class MCPBearerAuth(_AuthBase):
         extensions = request.extensions
         for name in extensions.get(_APPLIED, ()):
             request.headers.pop(name, None)
-        cred = self.credential_for(request)
+        creds = self._credentials()
+        target = _target_of(request)
+        cred = creds.match_request(target)
+        entry = creds.headers_entry_for(target) if cred is None and creds.server_headers else None
         applied: tuple[str, ...] = ()
-        if cred is not None:
+        if cred is not None or entry is not None:
             _check_transport(
                 request.url.scheme.lower(),
                 request.url.raw_host.decode("latin-1"),
                 self.allow_insecure_http,
             )
-            for name, value in cred.headers.items():
+            extra = cred.headers if cred is not None else entry.headers  # type: ignore[union-attr]
+            for name, value in extra.items():
                 request.headers[name] = value
-            request.headers["Authorization"] = cred.bearer()
-            applied = (*cred.headers, "Authorization")
+            applied = tuple(extra)
+            if cred is not None:
+                request.headers["Authorization"] = cred.bearer()
+                applied = (*applied, "Authorization")
         if applied or _APPLIED in extensions:
             # A new dict: a redirect's request shares the previous hop's.
             request.extensions = {**extensions, _APPLIED: applied}
@@ -149,6 +161,15 @@ class MCPBearerAuth(_AuthBase):
         return f"MCPBearerAuth(allow_insecure_http={self.allow_insecure_http}{fixed})"
 
 
+def _target_of(request: Any) -> ServerURL:
+    url = request.url
+    raw_path: bytes = url.raw_path
+    path, _, query = raw_path.decode("latin-1").partition("?")
+    return server_url_of(
+        url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
+    )
+
+
 def mcp_headers(
     server_url: str,
     headers: Mapping[str, str] | None = None,
@@ -158,16 +179,28 @@ def mcp_headers(
     """The header dict for ``server_url``, for APIs that take headers rather than ``auth=``.
 
     ``headers`` plus the current request's credential for that server (its extra headers
-    and ``Authorization: Bearer <token>``). Raises ``ValueError`` if ``headers`` already
-    holds an ``Authorization`` (any case): the token must come from the request.
+    and ``Authorization: Bearer <token>``), or the headers alone of a server that has
+    headers and no token (a header-only entry for exactly that URL). Raises ``ValueError``
+    if ``headers`` already holds an ``Authorization`` (any case): the token must come from
+    the request.
     """
     result = dict(headers or {})
     if any(name.strip().lower() == "authorization" for name in result):
         raise ValueError("headers already hold an Authorization header")
-    cred = current_credentials().for_server(server_url)
-    if cred is not None:
+    creds = current_credentials()
+    cred = creds.for_server(server_url)
+    entry = None
+    if cred is None and creds.server_headers:
+        entry = creds.headers_entry_for(server_url)
+        entry = (
+            entry if entry is not None and entry.server == parse_server_url(server_url) else None
+        )
+    if cred is not None or entry is not None:
         server = parse_server_url(server_url)
         _check_transport(server.scheme, server.host, allow_insecure_http)
+    if cred is not None:
         result.update(cred.headers)
         result["Authorization"] = cred.bearer()
+    elif entry is not None:
+        result.update(entry.headers)
     return result

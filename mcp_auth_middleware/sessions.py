@@ -36,7 +36,7 @@ from mcp.types import CallToolResult, ListToolsResult
 from mcp_types import INVALID_REQUEST
 
 from mcp_auth_middleware.context import current_credentials, use_credentials
-from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.credentials import MCPCredential, MCPServerHeaders
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
 from mcp_auth_middleware.urls import (
     ServerURL,
@@ -143,7 +143,11 @@ class _Key(NamedTuple):
         )
 
 
-def _headers_digest(cred: MCPCredential | None) -> str | None:
+#: What a session sends its server: a credential, or headers alone (a header-only entry).
+_Carried = MCPCredential | MCPServerHeaders
+
+
+def _headers_digest(cred: _Carried | None) -> str | None:
     if cred is None or not cred.headers:
         return None
     items = "\n".join(f"{name.lower()}:{value}" for name, value in sorted(cred.headers.items()))
@@ -173,7 +177,7 @@ class _Session:
         key: _Key,
         url: str,
         server: ServerURL,
-        credential: MCPCredential | None,
+        credential: _Carried | None,
         *,
         pooled: bool,
     ) -> None:
@@ -190,11 +194,13 @@ class _Session:
         self.borrowers = 0
         self.last_used = anyio.current_time()
 
-    def serves(self, credential: MCPCredential | None) -> bool:
+    def serves(self, credential: _Carried | None) -> bool:
         """Same secret and same extra headers (a fingerprint is only 48 bits)."""
         mine = self.credential
         if mine is None or credential is None:
             return mine is credential
+        if not (isinstance(mine, MCPCredential) and isinstance(credential, MCPCredential)):
+            return type(mine) is type(credential) and dict(mine.headers) == dict(credential.headers)
         return hmac.compare_digest(
             mine.token.get_secret_value().encode(), credential.token.get_secret_value().encode()
         ) and dict(mine.headers) == dict(credential.headers)
@@ -384,11 +390,13 @@ class MCPSessionPool:
 
     def _target(
         self, server_url: str, credential: MCPCredential | None
-    ) -> tuple[str, ServerURL, MCPCredential | None]:
+    ) -> tuple[str, ServerURL, _Carried | None]:
         """The server and the credential to borrow with; refuses what must not be sent."""
         server = parse_server_url(server_url)  # ValueError for a non-http(s) URL
+        cred: _Carried | None
         if credential is None:
-            cred = current_credentials().match_request(server)
+            creds = current_credentials()  # the credential, else headers alone, for the server
+            cred = creds.match_request(server) or creds.headers_entry_for(server)
         else:
             cred = credential
             bound = cred.server
@@ -409,10 +417,11 @@ class MCPSessionPool:
             raise InsecureTransportError(INSECURE_HTTP)
         return server_url, server, cred
 
-    async def _acquire(self, url: str, server: ServerURL, cred: MCPCredential | None) -> _Session:
+    async def _acquire(self, url: str, server: ServerURL, cred: _Carried | None) -> _Session:
         if self._tasks is None:
             raise PoolClosedError(POOL_NOT_OPEN)
-        key = _Key(server.url, None if cred is None else cred.fingerprint, _headers_digest(cred))
+        fp = cred.fingerprint if isinstance(cred, MCPCredential) else None
+        key = _Key(server.url, fp, _headers_digest(cred))
         # No await between the lookup and the insertion: concurrent first use of a key
         # finds the entry the first borrower created and waits for the same session.
         entry = self._entries.get(key)

@@ -1032,15 +1032,15 @@ LOOK_ALIKES = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("name", "is_authorization"), LOOK_ALIKES)
 async def test_look_alike_authorization_in_tool_headers(name: str, is_authorization: bool) -> None:
-    """A name that case mapping or NFKC turns into ``Authorization`` is refused; other
-    look-alikes are plain (odd) header names the application may pass on, since no HTTP
-    client sends them as ``Authorization`` (see the next test)."""
+    """A name that case mapping or NFKC turns into ``Authorization`` is refused as one; other
+    look-alikes are not RFC 9110 header names, which the middleware will not carry to a
+    server either (no HTTP client sends them: see the next test)."""
     body = jbody({"tools": [tool(headers={name: "Bearer smuggled"})]})
     outcome = await drive(body)
     if is_authorization:
         assert_refused(outcome, 400, AUTHORIZATION_IN_HEADERS, "tools[0].headers")
     else:
-        assert_passed_through(outcome, body, frozenset({cred(URL, TOKEN, label="s")}))
+        assert_refused(outcome, 400, "invalid_headers", "tools[0].headers")
 
 
 @pytest.mark.parametrize("module", ["httpx", "httpx2"])

@@ -343,6 +343,6 @@ async def test_two_provider_data_headers_are_refused() -> None:
     one = json.dumps({"mcp_headers": {URL: {"Authorization": "Bearer t1"}}})
     two = json.dumps({"mcp_headers": {URL: {"Authorization": "Bearer t2"}}})
     response, recorder = await post([(PROVIDER_DATA, one), (PROVIDER_DATA.lower(), two)])
-    assert_rejected(response, recorder, "invalid_provider_data")
+    assert_rejected(response, recorder, "ambiguous_provider_data")
     assert "t1" not in response.text
     assert "t2" not in response.text

@@ -101,7 +101,7 @@ async def test_tools_within_the_headers_limit_do_not_hold_the_event_loop() -> No
     tools = [mcp_tool(f"{URL}/{i}", "tok", headers=headers) for i in range(24)]
     body = _body({"input": "x" * JSON_FALLBACK_LIMIT, "tools": tools})
     held, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
-    assert answer.status == 200
+    assert answer.code == "invalid_headers"  # such a name is never carried to a server
     assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
 
 
