@@ -87,79 +87,69 @@ _HEADERS_RULE = (
 )
 
 
-class MCPCredential:
-    """One credential for one MCP server (or the request's unbound ``default``). Read-only:
-    every public field is a property.
+class _ServerEntry:
+    """What a credential and a header-only entry share: the server (URL, label or
+    connector) they are for, the source they came from, and the extra headers. Read-only."""
 
-    ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
-    credential and for a credential known only by its ``server_label``. ``token`` may be given
-    as ``Bearer <token>``; the prefix is stripped. A token that is not 1 to 8192 visible ASCII
-    characters, an extra header that is not a plain RFC 9110 header (or is ``Authorization``,
-    framing, hop-by-hop or MCP session state) and a server URL that is not absolute http(s)
-    raise :class:`InvalidCredential` (a ``ValueError``), which names the field and never the
-    value.
-    """
-
-    __slots__ = (
-        "_connector_id",
-        "_fingerprint",
-        "_headers",
-        "_secret",
-        "_server",
-        "_server_label",
-        "_server_url",
-        "_source",
-        "_token",
-    )
+    __slots__ = ("_connector_id", "_headers", "_server", "_server_label", "_server_url", "_source")
     _connector_id: str | None
-    _fingerprint: str | None
     _headers: Mapping[str, str]
-    _secret: str
     _server: ServerURL | None
     _server_label: str | None
     _server_url: str | None
     _source: CredentialSource | str
-    _token: SecretStr | None
 
-    def __init__(
+    def _set_fields(
         self,
-        *,
-        token: SecretStr | str,
-        source: CredentialSource | str,
-        server_url: str | None = None,
-        server_label: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        connector_id: str | None = None,
+        source: Any,
+        server_url: Any,
+        server_label: Any,
+        headers: Mapping[str, str] | None,
+        connector_id: Any,
     ) -> None:
-        given = token if isinstance(token, SecretStr) else None
-        secret = token if given is None else given.get_secret_value()
-        checked = check_token(secret, require_bearer=False)
-        if checked is None:
-            raise InvalidCredential("token", _TOKEN_RULE)
+        """Check and set the shared fields (:class:`InvalidCredential` names the one at
+        fault)."""
         if not isinstance(source, str) or not source:
             raise InvalidCredential("source", "expected a CredentialSource or a source's name")
         if server_label is not None and type(server_label) is not str:
             raise InvalidCredential("server_label", "expected a string or None")
         _check_headers(headers)
         check_connector_id(connector_id)
-        server = server_of(server_url)
+        self._server = server_of(server_url)
         self._connector_id = connector_id
-        self._secret = checked
-        self._token = given if checked == secret else None
         self._source = source
         self._server_url = server_url
         self._server_label = server_label
         self._headers = SecureHeaders(headers) if headers else _NO_HEADERS
-        self._server = server
-        self._fingerprint = None
 
-    @property
-    def token(self) -> SecretStr:
-        """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
-        token = self._token
-        if token is None:
-            token = self._token = SecretStr(self._secret)
-        return token
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "source": self._source,
+            "server_url": self._server_url,
+            "server_label": self._server_label,
+            "headers": self._headers,
+            "connector_id": self._connector_id,
+        }
+
+    def _same_fields(self, other: _ServerEntry) -> bool:
+        return (
+            self._server == other._server
+            and self._server_label == other._server_label
+            and self._source == other._source
+            and self._connector_id == other._connector_id
+            and dict(self._headers) == dict(other._headers)
+        )
+
+    def _repr(self, name: str, extra: str = "") -> str:
+        # getattr: a traceback that renders locals may show one whose __init__ refused it.
+        connector = getattr(self, "_connector_id", None)
+        return (
+            f"{name}(server_url={redacted_url(getattr(self, '_server_url', None))!r}, "
+            f"server_label={getattr(self, '_server_label', None)!r}, "
+            f"source={str(getattr(self, '_source', None))!r}, {extra}"
+            f"headers={getattr(self, '_headers', _NO_HEADERS)!r}"
+            f"{'' if connector is None else f', connector_id={connector!r}'})"
+        )
 
     @property
     def source(self) -> CredentialSource | str:
@@ -186,10 +176,57 @@ class MCPCredential:
 
     @property
     def connector_id(self) -> str | None:
-        """The connector a Responses tool named instead of a ``server_url``, if any. A
-        credential with a connector and no ``server_url`` is sent nowhere until it is bound
-        (:meth:`MCPCredentials.bind_connector`, or the ``connectors`` setting)."""
+        """The connector a Responses tool named instead of a ``server_url``, if any. Bound to
+        no URL, it is sent nowhere until it is bound (:meth:`MCPCredentials.bind_connector`,
+        or the ``connectors`` setting)."""
         return self._connector_id
+
+
+class MCPCredential(_ServerEntry):
+    """One credential for one MCP server (or the request's unbound ``default``, or a
+    connector). Read-only: every public field is a property.
+
+    ``server_url`` is the URL as the caller gave it; ``None`` for the tool-runtime default
+    credential, for a connector's not yet bound, and for a credential known only by its
+    ``server_label``. ``token`` may be given as ``Bearer <token>``; the prefix is stripped. A
+    token that is not 1 to 8192 visible ASCII characters, an extra header that is not a plain
+    RFC 9110 header (or is ``Authorization``, framing, hop-by-hop or MCP session state) and a
+    server URL that is not absolute http(s) raise :class:`InvalidCredential` (a
+    ``ValueError``), which names the field and never the value.
+    """
+
+    __slots__ = ("_fingerprint", "_secret", "_token")
+    _fingerprint: str | None
+    _secret: str
+    _token: SecretStr | None
+
+    def __init__(
+        self,
+        *,
+        token: SecretStr | str,
+        source: CredentialSource | str,
+        server_url: str | None = None,
+        server_label: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        connector_id: str | None = None,
+    ) -> None:
+        given = token if isinstance(token, SecretStr) else None
+        secret = token if given is None else given.get_secret_value()
+        checked = check_token(secret, require_bearer=False)
+        if checked is None:
+            raise InvalidCredential("token", _TOKEN_RULE)
+        self._set_fields(source, server_url, server_label, headers, connector_id)
+        self._secret = checked
+        self._token = given if checked == secret else None
+        self._fingerprint = None
+
+    @property
+    def token(self) -> SecretStr:
+        """The token (``Bearer`` prefix stripped), hidden from ``repr``."""
+        token = self._token
+        if token is None:
+            token = self._token = SecretStr(self._secret)
+        return token
 
     @property
     def fingerprint(self) -> str:
@@ -209,65 +246,36 @@ class MCPCredential:
 
     def replace(self, **changes: Any) -> MCPCredential:
         """A copy with some fields changed (checked again)."""
-        fields: dict[str, Any] = {
-            "token": self._secret,
-            "source": self._source,
-            "server_url": self._server_url,
-            "server_label": self._server_label,
-            "headers": self._headers,
-            "connector_id": self._connector_id,
-        }
-        fields.update(changes)
-        return MCPCredential(**fields)
+        return MCPCredential(**{"token": self._secret, **self._fields(), **changes})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MCPCredential):
             return NotImplemented
-        return (
-            self._server == other._server
-            and self._server_label == other._server_label
-            and self._source == other._source
-            and self._connector_id == other._connector_id
-            and self.same_token(other)
-            and dict(self._headers) == dict(other._headers)
-        )
+        return self._same_fields(other) and self.same_token(other)
 
     def __hash__(self) -> int:
         return hash((self._server, self._server_label, str(self._source), self.fingerprint))
 
     def __repr__(self) -> str:
-        # getattr: a traceback that renders locals may show one whose __init__ refused it.
-        return (
-            f"MCPCredential(server_url={redacted_url(getattr(self, '_server_url', None))!r}, "
-            f"server_label={getattr(self, '_server_label', None)!r}, "
-            f"source={str(getattr(self, '_source', None))!r}, token=SecretStr('**********'), "
-            f"headers={getattr(self, '_headers', _NO_HEADERS)!r}"
-            f"{_connector_repr(getattr(self, '_connector_id', None))})"
-        )
+        return self._repr("MCPCredential", "token=SecretStr('**********'), ")
 
     __str__ = __repr__
 
 
-class MCPServerHeaders:
+class MCPServerHeaders(_ServerEntry):
     """Headers, and no token, for one MCP server (or a connector): a provider-data entry
     without ``Authorization`` (``{"X-Api-Key": ...}``), or an MCP tool with ``headers`` and no
     ``authorization``. Read-only.
 
-    A separate type, so that :attr:`MCPCredential.token` is always a token: code that reads
-    credentials never meets one without. :class:`MCPCredentials` keeps these apart from its
-    credentials (:attr:`MCPCredentials.server_headers`); ``MCPBearerAuth`` and the session pool
-    send them to their server, and to it only, exactly as a credential's extra headers
+    A type of its own, so that :attr:`MCPCredential.token` is always a token: code that
+    reads credentials never meets one without. :class:`MCPCredentials` keeps these apart from
+    its credentials (:attr:`MCPCredentials.server_headers`); ``MCPBearerAuth`` and the session
+    pool send them to their server, and to it only, as they send a credential's extra headers
     (:meth:`MCPCredentials.headers_for`). The headers are checked as a credential's are;
     ``repr`` shows their names only.
     """
 
-    __slots__ = ("_connector_id", "_headers", "_server", "_server_label", "_server_url", "_source")
-    _connector_id: str | None
-    _headers: Mapping[str, str]
-    _server: ServerURL | None
-    _server_label: str | None
-    _server_url: str | None
-    _source: CredentialSource | str
+    __slots__ = ()
 
     def __init__(
         self,
@@ -280,79 +288,24 @@ class MCPServerHeaders:
     ) -> None:
         if not headers:
             raise InvalidCredential("headers", "expected at least one header")
-        _check_headers(headers)
-        if not isinstance(source, str) or not source:
-            raise InvalidCredential("source", "expected a CredentialSource or a source's name")
-        if server_label is not None and type(server_label) is not str:
-            raise InvalidCredential("server_label", "expected a string or None")
-        check_connector_id(connector_id)
+        self._set_fields(source, server_url, server_label, headers, connector_id)
         if server_url is None and connector_id is None:
             raise InvalidCredential("server_url", "expected a server URL or a connector_id")
-        self._server = server_of(server_url)
-        self._server_url = server_url
-        self._server_label = server_label
-        self._connector_id = connector_id
-        self._source = source
-        self._headers = SecureHeaders(headers)
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._headers
-
-    @property
-    def source(self) -> CredentialSource | str:
-        return self._source
-
-    @property
-    def server_url(self) -> str | None:
-        return self._server_url
-
-    @property
-    def server_label(self) -> str | None:
-        return self._server_label
-
-    @property
-    def connector_id(self) -> str | None:
-        return self._connector_id
-
-    @property
-    def server(self) -> ServerURL | None:
-        return self._server
 
     def replace(self, **changes: Any) -> MCPServerHeaders:
         """A copy with some fields changed (checked again)."""
-        fields: dict[str, Any] = {
-            "headers": self._headers,
-            "source": self._source,
-            "server_url": self._server_url,
-            "server_label": self._server_label,
-            "connector_id": self._connector_id,
-        }
-        fields.update(changes)
-        return MCPServerHeaders(**fields)
+        return MCPServerHeaders(**{**self._fields(), **changes})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MCPServerHeaders):
             return NotImplemented
-        return (
-            self._server == other._server
-            and self._server_label == other._server_label
-            and self._connector_id == other._connector_id
-            and self._source == other._source
-            and dict(self._headers) == dict(other._headers)
-        )
+        return self._same_fields(other)
 
     def __hash__(self) -> int:
         return hash((self._server, self._connector_id, str(self._source), tuple(self._headers)))
 
     def __repr__(self) -> str:
-        return (
-            f"MCPServerHeaders(server_url={redacted_url(getattr(self, '_server_url', None))!r}, "
-            f"server_label={getattr(self, '_server_label', None)!r}, "
-            f"source={str(getattr(self, '_source', None))!r}, "
-            f"headers={getattr(self, '_headers', _NO_HEADERS)!r}"
-            f"{_connector_repr(getattr(self, '_connector_id', None))})"
-        )
+        return self._repr("MCPServerHeaders")
 
     __str__ = __repr__
 
@@ -395,10 +348,6 @@ def server_of(server_url: str | None) -> ServerURL | None:
         return parse_server_url(server_url)
     except (ValueError, TypeError):
         raise InvalidCredential("server_url", "expected an absolute http(s) URL") from None
-
-
-def _connector_repr(connector_id: str | None) -> str:
-    return "" if connector_id is None else f", connector_id={connector_id!r}"
 
 
 def entry_key(entry: Entry) -> tuple[str, str]:

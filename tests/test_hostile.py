@@ -30,6 +30,7 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
     MCPCredential,
+    MCPServerHeaders,
     current_credentials,
 )
 from mcp_auth_middleware.credentials import fingerprint
@@ -71,13 +72,13 @@ FUZZ_EXAMPLES: Final = int(os.environ.get("MCP_AUTH_FUZZ_EXAMPLES", "100"))
 Cred = tuple[str | None, str | None, str, str, tuple[str, ...]]
 
 
-def summarize(creds: Iterable[MCPCredential]) -> frozenset[Cred]:
+def summarize(creds: Iterable[MCPCredential | MCPServerHeaders]) -> frozenset[Cred]:
     return frozenset(
         (
             None if c.server is None else c.server.url,
             c.server_label,
             str(c.source),
-            c.fingerprint,
+            c.fingerprint if isinstance(c, MCPCredential) else "",
             tuple(sorted(c.headers)),
         )
         for c in creds

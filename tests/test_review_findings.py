@@ -323,7 +323,7 @@ async def test_a_provider_data_header_name_never_switches_the_source_off(name: s
     is never asked: in ``reject`` mode legacy credentials pass, in ``accept`` mode they are
     neither read nor checked. Either the setting is refused at start-up or it works."""
     try:
-        config = MCPAuthConfig(provider_data=ProviderDataMode.REJECT, provider_data_header=name)
+        config = MCPAuthConfig(provider_data=ProviderDataMode.REJECT, provider_data_header=(name,))
     except ValueError:
         return  # refused at start-up: fine
     value = json.dumps({"mcp_headers": {URL: {"Authorization": "Bearer legacy"}}}).encode()
