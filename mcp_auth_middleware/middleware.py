@@ -110,6 +110,7 @@ class MCPAuthMiddleware:
         self._max_tools = config.max_tools
         self._auditor = Auditor.for_config(config)
         self._precedence = tuple(source.name for source in sources)
+        self._headers_authorization = config.headers_authorization is HeadersAuthorization.ACCEPT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -198,7 +199,7 @@ class MCPAuthMiddleware:
                 # A later bind_default / bind_connector says which credential won.
                 credentials._on_bind = self._auditor.binder(request, _request_id(request_id))
         if self.config.redact_body and body is not None and request.decoded is not None:
-            redacted = redact_body(body.data())
+            redacted = redact_body(body.data(), tool_headers=self._headers_authorization)
             if redacted is None:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.

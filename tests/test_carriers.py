@@ -574,3 +574,32 @@ def test_binding_an_unknown_connector_changes_nothing() -> None:
     assert creds.for_connector("c1") is cred
     with use_credentials(creds):
         assert "authorization" not in sent_to(URL)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"AUTHORIZATION": f"Bearer {BODY_TOKEN}", "X-Tenant": "acme"},
+        [["authorization", BODY_TOKEN], ["X-Tenant", "acme"]],
+        {"\\u0041uthorization": f"Bearer {BODY_TOKEN}", "X-Tenant": "acme"},
+    ],
+    ids=["object-upper", "pairs-lower", "escaped-key"],
+)
+async def test_redact_body_removes_a_headers_authorization_in_accept_mode(headers: Any) -> None:
+    config = MCPAuthConfig(headers_authorization=HeadersAuthorization.ACCEPT, redact_body=True)
+    received: list[bytes] = []
+
+    async def endpoint(request: Request) -> JSONResponse:
+        received.append(await request.body())
+        return JSONResponse({"sent": sent_to(URL)})
+
+    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["POST"])])
+    app.add_middleware(MCPAuthMiddleware, config=config)
+    raw = json.dumps({"tools": [mcp_tool(URL, ..., headers=headers)]}).replace("\\\\u", "\\u")
+    async with client(app) as c:
+        response = await c.post("/", content=raw, headers={"content-type": "application/json"})
+    assert response.json()["sent"]["authorization"] == f"Bearer {BODY_TOKEN}"
+    [body] = received
+    assert BODY_TOKEN.encode() not in body
+    assert b"acme" in body  # the other headers stay

@@ -31,6 +31,7 @@ import codecs
 import gc
 import hmac
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -411,33 +412,41 @@ _decode_items_raw = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def redact_body(raw: bytes) -> bytes | None:
+def redact_body(raw: bytes, *, tool_headers: bool = False) -> bytes | None:
     """``raw`` without the ``authorization`` values the body source reads (top level, and
-    each MCP tool's), re-encoded; ``None`` if no parser both sides share can read it.
+    each MCP tool's; with ``tool_headers``, also each ``Authorization`` in an MCP tool's
+    ``headers``, in any case: ``headers_authorization = "accept"`` reads them), re-encoded;
+    ``None`` if no parser both sides share can read it.
 
     Only the members that hold them are rewritten: the rest of the body is copied as raw
     JSON, so the work is a copy of the body, whatever it holds. A body with no
     ``authorization`` key anywhere (not even one a later duplicate or a ``\\u`` escape
     hides) is returned as is.
     """
-    if b"authorization" not in raw and b"\\u" not in raw:  # (keys are case-sensitive)
+    if b"\\u" not in raw and (
+        _ANY_CASE.search(raw) is None if tool_headers else b"authorization" not in raw
+    ):  # (JSON keys are case-sensitive; header names are not)
         return raw
     paused = gc.isenabled()  # as in parse_body
     gc.disable()
     try:
-        return _redacted(raw)
+        return _redacted(raw, tool_headers)
     finally:
         if paused:
             gc.enable()
 
 
-def _redacted(raw: bytes) -> bytes | None:
+# "Authorization" in any case, or a ``\u`` escape that may spell it.
+_ANY_CASE: Final = re.compile(rb"(?i)authorization|\\u")
+
+
+def _redacted(raw: bytes, tool_headers: bool) -> bytes | None:
     try:
         members = _decode_members(raw)
         members.pop("authorization", None)
         tools = members.get("tools")
         if tools is not None and memoryview(tools)[:1].tobytes() == b"[":
-            items = [_redacted_tool(item) for item in _decode_items_raw(tools)]
+            items = [_redacted_tool(item, tool_headers) for item in _decode_items_raw(tools)]
             members["tools"] = msgspec.Raw(b"[" + b",".join(items) + b"]")
         return _encode(members)
     except _MSGSPEC_REFUSES:
@@ -452,18 +461,44 @@ def _redacted(raw: bytes) -> bytes | None:
     for tool in document.get("tools") if isinstance(document.get("tools"), list) else ():
         if isinstance(tool, dict) and tool.get("type") == "mcp":
             tool.pop("authorization", None)
+            if tool_headers and "headers" in tool:
+                tool["headers"] = _without_authorization(tool["headers"])
     return json.dumps(document).encode()
 
 
-def _redacted_tool(item: msgspec.Raw) -> bytes:
+def _redacted_tool(item: msgspec.Raw, tool_headers: bool) -> bytes:
     if memoryview(item)[:1].tobytes() != b"{":
         return bytes(item)
     tool = _decode_members(item)
     kind = tool.get("type")
-    if kind is None or _scalar_or_marker(kind) != "mcp" or "authorization" not in tool:
+    headers = tool.get("headers") if tool_headers else None
+    if headers is not None and _ANY_CASE.search(headers) is None:
+        headers = None
+    if kind is None or _scalar_or_marker(kind) != "mcp":
         return bytes(item)
-    del tool["authorization"]
+    if "authorization" not in tool and headers is None:
+        return bytes(item)
+    tool.pop("authorization", None)
+    if headers is not None:
+        tool["headers"] = msgspec.Raw(_encode(_without_authorization(_decode_any(headers))))
     return _encode(tool)
+
+
+def _without_authorization(headers: Any) -> Any:
+    """A tool's ``headers`` (an object or a list of pairs) without its ``Authorization``."""
+    if isinstance(headers, dict):
+        return {k: v for k, v in headers.items() if not _names_authorization(k)}
+    if isinstance(headers, list):
+        return [
+            item
+            for item in headers
+            if not (isinstance(item, list) and item and _names_authorization(item[0]))
+        ]
+    return headers
+
+
+def _names_authorization(name: Any) -> bool:
+    return isinstance(name, str) and name.lower() == "authorization"
 
 
 # --- reading credentials -------------------------------------------------------------------
