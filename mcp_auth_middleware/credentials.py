@@ -113,9 +113,11 @@ class _ServerEntry:
             raise InvalidCredential("source", "expected a CredentialSource or a source's name")
         if server_label is not None and type(server_label) is not str:
             raise InvalidCredential("server_label", "expected a string or None")
-        _check_headers(headers)
-        check_connector_id(connector_id)
-        self._server = server_of(server_url)
+        if headers:
+            _check_headers(headers)
+        if connector_id is not None:
+            check_connector_id(connector_id)
+        self._server = None if server_url is None else server_of(server_url)
         self._connector_id = connector_id
         self._source = source
         self._server_url = server_url
@@ -320,6 +322,8 @@ DEFAULT_ORDER: tuple[str, ...] = (
     CredentialSource.SERVER_HEADER.value,
     CredentialSource.PROVIDER_DATA.value,
 )
+_NO_ENTRIES: Mapping[str, Any] = MappingProxyType({})
+_NOTHING_SHADOWED: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({})
 _CONNECTOR_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 
@@ -456,11 +460,11 @@ class MCPCredentials:
         self._by_connector = by_connector
         self._default = default
         self._header_items = ()
-        self._headers_by_url = self._headers_by_connector = {}
+        self._headers_by_url = self._headers_by_connector = _NO_ENTRIES  # type: ignore[assignment]
         if headers:
             self._index_headers(tuple(headers))
         self._precedence = DEFAULT_ORDER if precedence is None else tuple(precedence)
-        self._shadowed = {}
+        self._shadowed = _NOTHING_SHADOWED
         self._on_bind = None
 
     def _index_headers(self, header_items: tuple[MCPServerHeaders, ...]) -> None:

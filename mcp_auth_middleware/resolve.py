@@ -36,7 +36,7 @@ def resolve(
     ``ValueError`` says so. The built-in sources refuse such requests themselves, naming the
     field.
     """
-    order = tuple(precedence) if precedence is not None else tuple(name for name, _ in found)
+    order = tuple(precedence) if precedence is not None else tuple([name for name, _ in found])
     if len(found) == 1:  # one source: nothing to shadow (the usual request)
         source, entries = found[0]
         return _one_per_server(source, entries, order), tuple([(e, ()) for e in entries])
@@ -64,9 +64,14 @@ def _one_per_server(
     source: str, entries: Sequence[Entry], order: tuple[str, ...]
 ) -> MCPCredentials:
     """``entries`` as a set, which refuses two for one server (see :class:`MCPCredentials`)."""
-    creds = [e for e in entries if isinstance(e, MCPCredential)]
-    headers = [e for e in entries if isinstance(e, MCPServerHeaders)]
+    creds: Sequence[Entry] = entries
+    headers: list[MCPServerHeaders] = []
+    for entry in entries:
+        if type(entry) is not MCPCredential:  # rare: split them
+            creds = [e for e in entries if isinstance(e, MCPCredential)]
+            headers = [e for e in entries if isinstance(e, MCPServerHeaders)]
+            break
     try:
-        return MCPCredentials(creds, headers=headers, precedence=order)
+        return MCPCredentials(creds, headers=headers, precedence=order)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ValueError(f"credential source {source!r}: {exc}") from None

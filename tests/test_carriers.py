@@ -32,6 +32,7 @@ from mcp_auth_middleware import (
     MCPCredential,
     MCPCredentials,
     MCPServerHeaders,
+    ProviderDataMode,
     current_credentials,
     mcp_headers,
     use_credentials,
@@ -603,3 +604,11 @@ async def test_redact_body_removes_a_headers_authorization_in_accept_mode(header
     [body] = received
     assert BODY_TOKEN.encode() not in body
     assert b"acme" in body  # the other headers stay
+
+
+@pytest.mark.anyio
+async def test_reject_mode_sends_no_provider_data_headers_either() -> None:
+    config = MCPAuthConfig(provider_data=ProviderDataMode.REJECT)
+    response = await post(gateway(config), {"x": 1}, provider_data({URL: {"X-Api-Key": API_KEY}}))
+    assert response.status_code == 200, response.text
+    assert "x-api-key" not in response.json()["seen"][URL]

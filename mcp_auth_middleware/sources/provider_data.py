@@ -52,8 +52,9 @@ class ProviderDataSource:
     """Credentials from the provider-data header (see the module docstring).
 
     ``header`` is one name or several (matched case-insensitively). In ``reject`` mode an
-    ``Authorization`` entry refuses the request with ``authorization_in_provider_data``; in
-    ``ignore`` mode the source is not consulted.
+    ``Authorization`` entry refuses the request with ``authorization_in_provider_data``, and
+    an entry without one is checked but not sent; in ``ignore`` mode the source is not
+    consulted.
     """
 
     name = _SOURCE
@@ -132,8 +133,8 @@ class ProviderDataSource:
             else:
                 raise _invalid_header(header, where, name, HEADER_RULE)
         if authorization is None:
-            if not extra:
-                return None
+            if not extra or self.mode is ProviderDataMode.REJECT:
+                return None  # nothing to send, or the legacy path is closed
             return MCPServerHeaders(
                 headers=extra, source=CredentialSource.PROVIDER_DATA, server_url=url
             )
