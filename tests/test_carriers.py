@@ -612,3 +612,37 @@ async def test_reject_mode_sends_no_provider_data_headers_either() -> None:
     response = await post(gateway(config), {"x": 1}, provider_data({URL: {"X-Api-Key": API_KEY}}))
     assert response.status_code == 200, response.text
     assert "x-api-key" not in response.json()["seen"][URL]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("first", "second", "sent"),
+    [
+        ({"token": BODY_TOKEN}, {"token": BODY_TOKEN, "headers": {"X-A": "1"}}, ("1", None)),
+        ({"token": ..., "headers": {"X-A": "1"}}, {"token": BODY_TOKEN}, ("1", None)),
+        (
+            {"token": BODY_TOKEN, "headers": {"X-A": "1"}},
+            {"token": ..., "headers": {"x-a": "1", "X-B": "2"}},
+            ("1", "2"),
+        ),
+    ],
+    ids=["headers-join-token", "token-joins-headers", "union"],
+)
+async def test_two_tools_for_one_server_that_agree_are_merged(
+    first: dict[str, Any], second: dict[str, Any], sent: tuple[str, str | None]
+) -> None:
+    tools = [mcp_tool(URL, **first), mcp_tool(URL, **second)]
+    response = await post(gateway(MCPAuthConfig()), {"tools": tools})
+    assert response.status_code == 200, response.text
+    seen = response.json()["seen"][URL]
+    assert (seen["authorization"], seen["x-a"], seen.get("x-b")) == (f"Bearer {BODY_TOKEN}", *sent)
+
+
+@pytest.mark.anyio
+async def test_two_tools_for_one_server_with_one_header_twice_conflict() -> None:
+    tools = [
+        mcp_tool(URL, BODY_TOKEN, headers={"X-A": "1"}),
+        mcp_tool(URL, BODY_TOKEN, headers={"x-a": "2"}),
+    ]
+    response = await post(gateway(MCPAuthConfig()), {"tools": tools})
+    assert error(response) == (400, "conflicting_credentials", "tools[1].headers")

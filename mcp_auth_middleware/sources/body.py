@@ -698,29 +698,37 @@ def _param(position: int | None, code: str) -> str:
 
 
 def _add(found: dict[tuple[str, str], Entry], entry: Entry, position: int | None) -> None:
-    """Keep ``entry`` unless an earlier one names the same server (by URL, else connector,
-    else label, case-insensitively): the same token and headers are the same entry, anything
-    else is ``conflicting_credentials``, naming the field that names the server (or the
-    headers, when only they differ)."""
+    """Keep ``entry``, merged with an earlier one for the same server (by URL, else
+    connector, else label, case-insensitively): two tools naming one server must not
+    disagree. Different tokens are ``conflicting_credentials`` naming the field that names
+    the server; one header with two values, naming ``tools[i].headers``. A tool that adds a
+    token or headers the other lacks adds them."""
     key = entry_key(entry)
     previous = found.setdefault(key, entry)
     if previous is entry:
         return
-    same_token = (
-        previous.same_token(entry)
-        if isinstance(previous, MCPCredential) and isinstance(entry, MCPCredential)
-        else type(previous) is type(entry)
-    )
-    if same_token and dict(previous.headers) == dict(entry.headers):
+    if (
+        isinstance(previous, MCPCredential)
+        and isinstance(entry, MCPCredential)
+        and not previous.same_token(entry)
+    ):
+        if position is None:
+            param = "mcp_endpoint.uri"
+        else:
+            field = {"url": "server_url", "connector": "connector_id"}.get(key[0], "server_label")
+            param = f"tools[{position}].{field}"
+        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    if not entry.headers or dict(entry.headers) == dict(previous.headers):
+        if isinstance(entry, MCPCredential) and not isinstance(previous, MCPCredential):
+            found[key] = entry.replace(headers=previous.headers)  # the token joins the headers
         return
-    if position is None:
-        param = "mcp_endpoint.uri"
-    elif same_token:
-        param = f"tools[{position}].headers"
-    else:
-        field = {"url": "server_url", "connector": "connector_id"}.get(key[0], "server_label")
-        param = f"tools[{position}].{field}"
-    raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    headers = {name.lower(): (name, value) for name, value in previous.headers.items()}
+    for name, value in entry.headers.items():
+        if headers.setdefault(name.lower(), (name, value))[1] != value:
+            param = "mcp_endpoint.uri" if position is None else f"tools[{position}].headers"
+            raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    token_joins = isinstance(entry, MCPCredential) and not isinstance(previous, MCPCredential)
+    found[key] = (entry if token_joins else previous).replace(headers=dict(headers.values()))
 
 
 class BodySource:
@@ -736,7 +744,8 @@ class BodySource:
       else the request's unbound ``default`` credential.
 
     ``null`` or ``""`` count as absent. Two tools for the same server with different tokens
-    (or headers) are refused (``conflicting_credentials``), and so is a tool whose
+    (or one header with two values) are refused (``conflicting_credentials``); tools that
+    agree are merged, and so is a tool whose
     ``headers`` hold an ``Authorization`` (``authorization_in_headers``) unless
     ``headers_authorization`` accepts it as the tool's token, or a header that may not be
     sent (``invalid_headers``).
