@@ -11,7 +11,10 @@ No LLM is involved. Routes:
   or on the server ``tool_servers`` configures for it, with the top-level ``authorization``.
 
 The gateway never reads a token: the middleware scopes the caller's credentials, and the MCP
-sessions pick the caller's own. By default they come from an ``MCPSessionPool`` (opened in the
+sessions pick the caller's own, with the per-server headers that came with them (a tool's
+other ``headers``, a provider-data entry's), which it never forwards itself. A tool naming a
+``connector_id`` goes to the URL ``connectors`` maps it to (``create_app``), its credential
+bound there with ``bind_connector``. By default they come from an ``MCPSessionPool`` (opened in the
 lifespan, ``app.state.mcp_sessions.pool``), which lends a caller only a session that their own
 credential opened; ``create_app(reuse_sessions=False)`` opens a new session per request
 instead. A failure at the MCP server (a 401 for a missing or wrong token) becomes an error
@@ -226,30 +229,59 @@ def _mcp_call(label: str, name: str) -> Item:
     return item | {"arguments": "{}", "output": None, "error": None, "status": "in_progress"}
 
 
-async def run_mcp_tool(sessions: MCPSessions, tool: Item, call: str | None, out: Output) -> None:
-    """List one MCP server's tools, and call ``call`` on it when it has that tool."""
+def server_url_of(tool: Item, connectors: Mapping[str, str]) -> str | None:
+    """The MCP server a tool names: its ``server_url``, else the URL its ``connector_id``
+    stands for (``None``: a connector this gateway does not know)."""
+    if tool.get("server_url") is not None:
+        return str(tool["server_url"])
+    connector = tool.get("connector_id")
+    return connectors.get(connector) if isinstance(connector, str) else None
+
+
+async def run_mcp_tool(
+    sessions: MCPSessions,
+    tool: Item,
+    call: str | None,
+    out: Output,
+    connectors: Mapping[str, str] | None = None,
+) -> None:
+    """List one MCP server's tools, and call ``call`` on it when it has that tool.
+
+    A connector tool (``connector_id``, no ``server_url``) goes to the URL ``connectors``
+    gives it, its credential bound to that URL first (``bind_connector``); an unknown
+    connector is an error item, and its credential is sent nowhere. The tool's other
+    ``headers`` are not read here: the middleware checked them, and the MCP sessions send
+    them to that server only.
+    """
     label = str(tool.get("server_label") or "")
     listing: Item = dict(type="mcp_list_tools", id=_id("mcpl"), server_label=label, tools=[])
     await out.add(listing)
     called: Item | None = None
+    server_url = server_url_of(tool, connectors or {})
+    credentials = current_credentials()
+    if server_url is not None and tool.get("server_url") is None:
+        credentials = credentials.bind_connector(str(tool.get("connector_id")), server_url)
     try:
-        async with sessions.open(str(tool.get("server_url"))) as session:
-            tools = (await session.list_tools()).tools
-            listing["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
-                for t in tools
-            ]
-            await out.done(listing)
-            if call is None or call not in {t.name for t in tools}:
-                return
-            await out.add(called := _mcp_call(label, call))
-            result = await session.call_tool(call, {})
-            if result.is_error:
-                error = {"type": "mcp_tool_execution_error", "content": _text(result.content)}
-                called.update(status="failed", error=error)
-            else:
-                called.update(status="completed", output=_text(result.content))
-            await out.done(called)
+        if server_url is None:
+            raise MCPFailure("mcp_protocol_error", -32602, "unknown connector")
+        with use_credentials(credentials):
+            async with sessions.open(server_url) as session:
+                tools = (await session.list_tools()).tools
+                listing["tools"] = [
+                    {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                    for t in tools
+                ]
+                await out.done(listing)
+                if call is None or call not in {t.name for t in tools}:
+                    return
+                await out.add(called := _mcp_call(label, call))
+                result = await session.call_tool(call, {})
+                if result.is_error:
+                    error = {"type": "mcp_tool_execution_error", "content": _text(result.content)}
+                    called.update(status="failed", error=error)
+                else:
+                    called.update(status="completed", output=_text(result.content))
+                await out.done(called)
     except MCPFailure as failure:
         if listing["id"] not in out.finished:
             await out.done(listing, failure=failure)
@@ -259,7 +291,9 @@ async def run_mcp_tool(sessions: MCPSessions, tool: Item, call: str | None, out:
             await out.done(called, failure=failure)
 
 
-async def run_response(sessions: MCPSessions, body: Item, out: Output) -> Item:
+async def run_response(
+    sessions: MCPSessions, body: Item, out: Output, connectors: Mapping[str, str] | None = None
+) -> Item:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     response: Item = {
         "id": _id("resp"),
@@ -278,7 +312,7 @@ async def run_response(sessions: MCPSessions, body: Item, out: Output) -> Item:
     call = body["input"] if isinstance(body.get("input"), str) else None
     for tool in tools:
         if tool.get("type") == "mcp":
-            await run_mcp_tool(sessions, tool, call, out)
+            await run_mcp_tool(sessions, tool, call, out, connectors)
     response["status"] = "completed"
     await out.emit("response.completed", response=response)
     return response
@@ -328,15 +362,20 @@ def create_app(
     tool_servers: Mapping[str, str] | None = None,
     max_sessions: int = 50,
     reuse_sessions: bool = True,
+    connectors: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """The gateway app; ``config`` defaults to ``MCPAuthConfig.from_env()``.
 
     ``tool_servers`` maps a tool-runtime ``tool_name`` to the URL of the MCP server that has
     it, for invocations that name no ``mcp_endpoint``. ``reuse_sessions`` keeps each caller's
     MCP sessions open in a pool (``app.state.mcp_sessions.pool``, for its ``stats``); off, each
-    request opens and closes its own. ``max_sessions`` bounds either.
+    request opens and closes its own. ``max_sessions`` bounds either. ``connectors`` maps a
+    Responses tool's ``connector_id`` to its MCP server's URL (default: the middleware's
+    ``connectors`` setting, which binds their credentials before the route runs).
     """
     servers = dict(tool_servers or {})
+    config = config or MCPAuthConfig.from_env()
+    known = dict(config.connectors) if connectors is None else dict(connectors)
     sessions = MCPSessions(reuse=reuse_sessions, max_sessions=max_sessions)
 
     @asynccontextmanager
@@ -345,7 +384,7 @@ def create_app(
             yield
 
     app = FastAPI(lifespan=lifespan)
-    app.add_middleware(MCPAuthMiddleware, config=config or MCPAuthConfig.from_env())
+    app.add_middleware(MCPAuthMiddleware, config=config)
     app.state.mcp_sessions = sessions
 
     @app.post("/v1/responses", response_model=None)
@@ -353,8 +392,8 @@ def create_app(
     async def responses(request: Request, body: Item) -> Response:
         flat = request.url.path.startswith("/v1/openai/")  # llama-stack: ``error`` is a string
         if body.get("stream") is True:
-            return EventStream(lambda send: run_response(sessions, body, Output(send, flat)))
-        return JSONResponse(await run_response(sessions, body, Output(None, flat)))
+            return EventStream(lambda send: run_response(sessions, body, Output(send, flat), known))
+        return JSONResponse(await run_response(sessions, body, Output(None, flat), known))
 
     @app.post("/v1/tool-runtime/invoke")
     async def invoke_tool(body: InvokeToolRequest) -> Item:

@@ -7,13 +7,19 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from mcp_auth_middleware.audit import (
     AUDIT_LOGGER,
+    CREDENTIAL_BOUND,
     CREDENTIAL_REFUSED_UPSTREAM,
     CREDENTIAL_REJECTED,
     CREDENTIAL_RESOLVED,
 )
-from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
+from mcp_auth_middleware.config import HeadersAuthorization, MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import current_credentials, use_credentials
-from mcp_auth_middleware.credentials import CredentialSource, MCPCredential, MCPCredentials
+from mcp_auth_middleware.credentials import (
+    CredentialSource,
+    MCPCredential,
+    MCPCredentials,
+    MCPServerHeaders,
+)
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth, mcp_headers
 from mcp_auth_middleware.errors import CredentialRejected
 from mcp_auth_middleware.middleware import MCPAuthMiddleware
@@ -27,11 +33,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUDIT_LOGGER",
+    "CREDENTIAL_BOUND",
     "CREDENTIAL_REFUSED_UPSTREAM",
     "CREDENTIAL_REJECTED",
     "CREDENTIAL_RESOLVED",
     "CredentialRejected",
     "CredentialSource",
+    "HeadersAuthorization",
     "InsecureTransportError",
     "MCPAuthConfig",
     "MCPAuthMiddleware",
@@ -39,6 +47,7 @@ __all__ = [
     "MCPCredential",
     "MCPCredentialSource",
     "MCPCredentials",
+    "MCPServerHeaders",
     "MCPSessionPool",
     "MCPSessionPoolStats",
     "MCPUpstreamAuthError",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 import structlog
 from starlette.types import Scope
 
+from mcp_auth_middleware.credentials import Entry, MCPCredential, OnBind
 from mcp_auth_middleware.errors import CredentialRejected
 from mcp_auth_middleware.resolve import Resolved
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_LOGGER",
+    "CREDENTIAL_BOUND",
     "CREDENTIAL_REFUSED_UPSTREAM",
     "CREDENTIAL_REJECTED",
     "CREDENTIAL_RESOLVED",
@@ -40,6 +42,7 @@ AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
 CREDENTIAL_RESOLVED: Final = "mcp_credential_resolved"
 CREDENTIAL_REJECTED: Final = "mcp_credential_rejected"
 CREDENTIAL_REFUSED_UPSTREAM: Final = "mcp_credential_refused_upstream"
+CREDENTIAL_BOUND: Final = "mcp_credential_bound"
 
 #: Reads the caller's identity from the request's ASGI scope (``None``: unknown).
 CallerOf = Callable[[Scope], str | None]
@@ -132,20 +135,34 @@ class Auditor:
         # contextvars shows through.
         who = self._caller_of(request)
         info = self._log.info if who is None else partial(self._log.info, caller=who)
-        for cred, shadowed in items:
-            server = cred.server
+        for entry, shadowed in items:
             info(
                 CREDENTIAL_RESOLVED,
-                logger=AUDIT_LOGGER,
-                source=str(cred.source),
-                shadowed=list(shadowed),
-                server_url=None if server is None else server.loggable,
-                server_label=_printable(cred.server_label),
-                fingerprint=cred.fingerprint,
+                **_fields_of(entry, shadowed),
                 method=request.method,
                 path=path,
                 request_id=request_id,
             )
+
+    def binder(self, request: SourceRequest, request_id: str | None) -> OnBind | None:
+        """The hook a request's credential set calls when the application binds a
+        credential to a server (``bind_default``, ``bind_connector``): it emits
+        ``mcp_credential_bound``, naming what that server gets and the sources it beat."""
+        if self._log is None:
+            return None
+        info = self._log.info
+        who = self._caller_of(request)
+        context = {
+            "method": request.method,
+            "path": _printable(request.path, 2048),
+            "request_id": _printable(request_id),
+            **({} if who is None else {"caller": who}),
+        }
+
+        def bound(entry: Entry, shadowed: tuple[str, ...]) -> None:
+            info(CREDENTIAL_BOUND, **_fields_of(entry, shadowed), **context)
+
+        return bound
 
     def rejected(
         self, exc: CredentialRejected, request: SourceRequest, request_id: str | None
@@ -197,3 +214,22 @@ class Auditor:
             request_id=_printable(request_id),
             **({} if who is None else {"caller": who}),
         )
+
+
+def _fields_of(entry: Entry, shadowed: tuple[str, ...]) -> dict[str, Any]:
+    """An audit event's fields for one server's entry: never a token or a header value (a
+    header-only entry has no fingerprint; ``headers`` lists names only)."""
+    server = entry.server
+    fields: dict[str, Any] = {
+        "logger": AUDIT_LOGGER,
+        "source": str(entry.source),
+        "shadowed": list(shadowed),
+        "server_url": None if server is None else server.loggable,
+        "server_label": _printable(entry.server_label),
+        "fingerprint": entry.fingerprint if isinstance(entry, MCPCredential) else None,
+    }
+    if entry.headers:
+        fields["headers"] = list(entry.headers)
+    if entry.connector_id is not None:
+        fields["connector_id"] = _printable(entry.connector_id)
+    return fields

@@ -12,11 +12,13 @@ import unicodedata
 from typing import Any, Final
 
 __all__ = [
+    "HEADER_RULE",
     "MAX_TOKEN_LENGTH",
     "RESERVED_HEADERS",
     "check_extra_header",
     "check_token",
     "is_authorization",
+    "is_header_name",
 ]
 
 #: Longest accepted ``authorization`` value (the token with any ``Bearer`` prefix).
@@ -27,18 +29,28 @@ MAX_TOKEN_LENGTH: Final = 8192
 RESERVED_HEADERS: Final = frozenset(
     {
         "connection",
+        "content-encoding",
         "content-length",
         "content-type",
+        "expect",
         "host",
         "keep-alive",
         "mcp-protocol-version",
         "mcp-session-id",
         "proxy-authorization",
+        "proxy-connection",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
     }
+)
+
+#: What an extra header must be, in words (errors quote it; it names no value).
+HEADER_RULE: Final = (
+    "expected an RFC 9110 header name with a value of visible ASCII characters; framing, "
+    "hop-by-hop and MCP session headers (Host, Content-Length, Transfer-Encoding, "
+    "Connection, Mcp-Session-Id and the like) may not be set"
 )
 
 _LONGEST_LOOK_ALIKE: Final = 32
@@ -86,6 +98,11 @@ def is_authorization(name: str) -> bool:
         unicodedata.normalize("NFKC", name).strip().casefold().replace("\u0131", "i")
         == "authorization"
     )
+
+
+def is_header_name(name: Any) -> bool:
+    """Whether ``name`` is an RFC 9110 field name (a token): safe to quote in an error."""
+    return isinstance(name, str) and _HEADER_NAME.fullmatch(name) is not None
 
 
 def check_extra_header(name: Any, value: Any) -> bool:

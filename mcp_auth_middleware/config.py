@@ -15,14 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcp_auth_middleware.audit import CallerOf, authenticated_user
 from mcp_auth_middleware.checks import RESERVED_HEADERS
-from mcp_auth_middleware.credentials import CredentialSource
+from mcp_auth_middleware.credentials import (
+    CredentialSource,
+    InvalidCredential,
+    check_connector_id,
+    server_of,
+)
 from mcp_auth_middleware.sources.base import MCPCredentialSource
 from mcp_auth_middleware.sources.body import MAX_TOOL_ITEMS
 
-__all__ = ["ENV_PREFIX", "MCPAuthConfig", "ProviderDataMode"]
+__all__ = ["ENV_PREFIX", "HeadersAuthorization", "MCPAuthConfig", "ProviderDataMode"]
 
 ENV_PREFIX: Final = "MCP_AUTH_"
-DEFAULT_PROVIDER_DATA_HEADER: Final = "X-LlamaStack-Provider-Data"
+#: The provider-data header's names: llama-stack's, and the one it was renamed to.
+DEFAULT_PROVIDER_DATA_HEADERS: Final = ("X-LlamaStack-Provider-Data", "X-OGX-Provider-Data")
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_TOOLS: Final = 128
 _BUILTIN_SOURCES: Final = frozenset(s.value for s in CredentialSource)
@@ -43,6 +49,13 @@ class ProviderDataMode(StrEnum):
     IGNORE = "ignore"  # do not read the header at all
 
 
+class HeadersAuthorization(StrEnum):
+    """What to do with an ``Authorization`` in an MCP tool's ``headers``."""
+
+    REFUSE = "refuse"  # 400 authorization_in_headers (as llama-stack does)
+    ACCEPT = "accept"  # the tool's token, checked like ``authorization`` (OpenAI's examples)
+
+
 class MCPAuthConfig(BaseModel):
     """Settings of :class:`~mcp_auth_middleware.MCPAuthMiddleware` (the reference's "Settings")."""
 
@@ -51,7 +64,11 @@ class MCPAuthConfig(BaseModel):
     enabled: bool = True
     body: bool = True
     provider_data: ProviderDataMode = ProviderDataMode.ACCEPT
-    provider_data_header: str = DEFAULT_PROVIDER_DATA_HEADER
+    provider_data_header: tuple[str, ...] = DEFAULT_PROVIDER_DATA_HEADERS
+    headers_authorization: HeadersAuthorization = HeadersAuthorization.REFUSE
+    connectors: dict[str, str] = Field(
+        default_factory=dict, description="connector_id -> the MCP server URL it stands for"
+    )
     server_headers: bool = False
     precedence: tuple[str, ...] = (
         CredentialSource.BODY.value,
@@ -78,15 +95,41 @@ class MCPAuthConfig(BaseModel):
 
     @field_validator("provider_data_header")
     @classmethod
-    def _header_name(cls, value: str) -> str:
-        if not _HEADER_NAME.match(value):
-            raise ValueError("must be an HTTP header name (letters, digits and -)")
-        if value.lower() in _NOT_PROVIDER_DATA:
-            # The middleware reads these for themselves: the source would never see them.
-            raise ValueError(f"{value!r} is a header the middleware reads for itself")
+    def _header_name(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names:
+            raise ValueError("must name at least one header")
+        for value in names:
+            if not _HEADER_NAME.match(value):
+                raise ValueError("must be HTTP header names (letters, digits and -)")
+            if value.lower() in _NOT_PROVIDER_DATA:
+                # The middleware reads these for themselves: the source would never see them.
+                raise ValueError(f"{value!r} is a header the middleware reads for itself")
+        if len({value.lower() for value in names}) != len(names):
+            raise ValueError("names a header twice")
+        return names
+
+    @field_validator("connectors", mode="before")
+    @classmethod
+    def _split_connectors(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the variable: "id=url,id2=url2"
+            pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("expected comma-separated connector_id=URL pairs")
+            return {key.strip(): url.strip() for key, _, url in pairs}
         return value
 
-    @field_validator("precedence", "paths", mode="before")
+    @field_validator("connectors")
+    @classmethod
+    def _connectors(cls, value: dict[str, str]) -> dict[str, str]:
+        for connector, url in value.items():
+            try:
+                check_connector_id(connector)
+                server_of(url)
+            except InvalidCredential as exc:
+                raise ValueError(f"connector {connector!r}: {exc}") from None
+        return value
+
+    @field_validator("precedence", "paths", "provider_data_header", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -183,8 +226,9 @@ class MCPAuthConfig(BaseModel):
             variables[field] = key
         if values.get("paths") in ("", "*", "all"):
             values.pop("paths")
-        if "provider_data" in values:
-            values["provider_data"] = values["provider_data"].lower()
+        for enum_field in ("provider_data", "headers_authorization"):
+            if enum_field in values:
+                values[enum_field] = values[enum_field].lower()
         if "precedence" in values:
             values["precedence"] = ",".join(
                 name.strip().lower() if name.strip().lower() in _BUILTIN_SOURCES else name

@@ -19,11 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_auth_middleware.checks import check_extra_header, check_token
 from mcp_auth_middleware.context import current_credentials
-from mcp_auth_middleware.credentials import InvalidCredential, MCPCredential, MCPCredentials
+from mcp_auth_middleware.credentials import (
+    InvalidCredential,
+    MCPCredential,
+    MCPCredentials,
+    MCPServerHeaders,
+)
 from mcp_auth_middleware.endpoints import EndpointBindings
 from mcp_auth_middleware.upstream import REFUSED_STATUSES, raise_refusal
 from mcp_auth_middleware.urls import (
     AmbiguousPath,
+    ServerURL,
     is_loopback_host,
     parse_server_url,
     server_url_of,
@@ -87,64 +93,96 @@ class MCPBearerAuth(_AuthBase):
         self,
         *,
         allow_insecure_http: bool = False,
-        credentials: MCPCredentials | Iterable[MCPCredential] | None = None,
+        credentials: MCPCredentials | Iterable[MCPCredential | MCPServerHeaders] | None = None,
     ) -> None:
         self.allow_insecure_http = allow_insecure_http
         if credentials is not None and not isinstance(credentials, MCPCredentials):
-            credentials = MCPCredentials(credentials)
+            items = list(credentials)
+            credentials = MCPCredentials(
+                [c for c in items if not isinstance(c, MCPServerHeaders)],
+                headers=[c for c in items if isinstance(c, MCPServerHeaders)],
+            )
         self._fixed: MCPCredentials | None = credentials
         self._endpoints = EndpointBindings()
 
     def credential_for(self, request: Any) -> MCPCredential | None:
-        """The credential this outgoing request would carry (``None``: sent unchanged)."""
-        url = request.url
-        raw_path: bytes = url.raw_path
-        path, _, query = raw_path.decode("latin-1").partition("?")
-        try:
-            target = server_url_of(
-                url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
-            )
-        except AmbiguousPath:
-            return None
-        creds = self._fixed if self._fixed is not None else current_credentials()
+        """The credential this outgoing request would carry (``None``: no token)."""
+        target = _target_of(request)
+        return None if target is None else self._choose(self._credentials(), target)
+
+    def headers_for(self, request: Any) -> MCPServerHeaders | None:
+        """The header-only entry this outgoing request would carry, when it has no
+        credential (:attr:`MCPCredentials.server_headers`)."""
+        target = _target_of(request)
+        return None if target is None else self._credentials().headers_entry_for(target)
+
+    def _credentials(self) -> MCPCredentials:
+        return self._fixed if self._fixed is not None else current_credentials()
+
+    def _choose(self, creds: MCPCredentials, target: ServerURL) -> MCPCredential | None:
         chosen = creds.match_request(target)
         stream = self._endpoints.get(target.url) if self._endpoints else None
-        if stream is None or creds.for_server(stream.server_url or "") is not stream:
+        if (
+            not isinstance(stream, MCPCredential)
+            or creds.for_server(stream.server_url or "") is not stream
+        ):
             return chosen  # no endpoint bound here, or its stream's set is not in force
         # An SSE message endpoint: its stream's credential, unless the URL is under another
         # credential's server (then the two disagree and neither is sent).
         return stream if chosen is None or chosen is stream else None
 
-    def _apply(self, request: Any) -> MCPCredential | None:
+    def _choose_headers(self, creds: MCPCredentials, target: ServerURL) -> MCPServerHeaders | None:
+        """:meth:`_choose` for a server that has headers and no token."""
+        chosen = creds.headers_entry_for(target)
+        stream = self._endpoints.get(target.url) if self._endpoints else None
+        if (
+            not isinstance(stream, MCPServerHeaders)
+            or creds.headers_entry_for(stream.server_url or "") is not stream
+        ):
+            return chosen
+        return stream if chosen is None or chosen is stream else None
+
+    def _apply(self, request: Any) -> MCPCredential | MCPServerHeaders | None:
+        """Set what ``request`` carries; return the credential or header-only entry set."""
         extensions = request.extensions
         for name in extensions.get(_APPLIED, ()):
             request.headers.pop(name, None)
-        cred = self.credential_for(request)
+        creds = self._credentials()
+        target = _target_of(request)
+        cred = entry = None
+        if target is not None:
+            cred = self._choose(creds, target)
+            if cred is None and creds.server_headers:
+                entry = self._choose_headers(creds, target)
+        carried = cred or entry
         applied: tuple[str, ...] = ()
-        if cred is not None:
+        if carried is not None:
             _check_transport(
                 request.url.scheme.lower(),
                 request.url.raw_host.decode("latin-1"),
                 self.allow_insecure_http,
             )
-            bearer = cred.bearer()
-            # Checked when the credential was made; checked again because an HTTP client
-            # that refuses a header value puts the value in its error message and logs.
-            if check_token(bearer, require_bearer=True) is None:
-                raise InvalidCredential("token", "not a valid header value")
-            if not all(check_extra_header(n, v) for n, v in cred.headers.items()):
+            # Checked when the entry was made; checked again because an HTTP client that
+            # refuses a header value puts the value in its error message and its logs.
+            if not all(check_extra_header(n, v) for n, v in carried.headers.items()):
                 raise InvalidCredential("headers", "not valid header values")
-            for name, value in cred.headers.items():
+            for name, value in carried.headers.items():
                 request.headers[name] = value
-            request.headers["Authorization"] = bearer
-            applied = (*cred.headers, "Authorization")
+            applied = tuple(carried.headers)
+            if cred is not None:
+                bearer = cred.bearer()
+                if check_token(bearer, require_bearer=True) is None:
+                    raise InvalidCredential("token", "not a valid header value")
+                request.headers["Authorization"] = bearer
+                applied = (*applied, "Authorization")
         if applied or _APPLIED in extensions:
             # A new dict: a redirect's request shares the previous hop's.
             request.extensions = {**extensions, _APPLIED: applied}
-        return cred
+        return carried
 
     def apply(self, request: Any) -> Any:
-        """Set ``Authorization`` (and the credential's extra headers) on ``request``.
+        """Set ``Authorization`` (and the credential's extra headers) on ``request``; for a
+        server that has headers and no token (a header-only entry), those headers alone.
 
         Headers this auth set on an earlier hop of the same request (a redirect copies them)
         are removed first, so a redirected request carries only what its own URL's
@@ -166,19 +204,34 @@ class MCPBearerAuth(_AuthBase):
         self._answered(request, cred, response, asynchronous=True)
 
     def _answered(
-        self, request: Any, cred: MCPCredential | None, response: Any, *, asynchronous: bool
+        self,
+        request: Any,
+        carried: MCPCredential | MCPServerHeaders | None,
+        response: Any,
+        *,
+        asynchronous: bool,
     ) -> None:
-        """What a response to a request that carried a credential tells: a refusal (raise
-        MCPUpstreamAuthError), or an event stream whose SSE endpoint gets its credential."""
+        """What a response to a request that carried a credential (or a server's headers)
+        tells: a refusal of the credential (raise MCPUpstreamAuthError), or an event stream
+        whose SSE message endpoint gets what the stream carried."""
         sent = response.request
         if sent is not request:  # a redirect the client followed: what its last hop carried
-            applied = "Authorization" in sent.extensions.get(_APPLIED, ())
-            cred = self.credential_for(sent) if applied else None
-        if cred is None:
+            carried = self._carried_by(sent)
+        if carried is None:
             return
-        if response.status_code in REFUSED_STATUSES:
-            raise_refusal(cred, response)
-        self._endpoints.watch(sent, response, cred, asynchronous=asynchronous)
+        if isinstance(carried, MCPCredential) and response.status_code in REFUSED_STATUSES:
+            raise_refusal(carried, response)
+        self._endpoints.watch(sent, response, carried, asynchronous=asynchronous)
+
+    def _carried_by(self, request: Any) -> MCPCredential | MCPServerHeaders | None:
+        if not request.extensions.get(_APPLIED):
+            return None
+        target = _target_of(request)
+        if target is None:
+            return None
+        creds = self._credentials()
+        cred = self._choose(creds, target)
+        return cred if cred is not None else self._choose_headers(creds, target)
 
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""
@@ -204,6 +257,20 @@ class MCPBearerAuth(_AuthBase):
         return f"MCPBearerAuth(allow_insecure_http={self.allow_insecure_http}{fixed})"
 
 
+def _target_of(request: Any) -> ServerURL | None:
+    """The outgoing request's URL as a server URL; ``None`` when its path is ambiguous (then
+    nothing is sent with it)."""
+    url = request.url
+    raw_path: bytes = url.raw_path
+    path, _, query = raw_path.decode("latin-1").partition("?")
+    try:
+        return server_url_of(
+            url.scheme.lower(), url.raw_host.decode("latin-1").lower(), url.port, path, query
+        )
+    except AmbiguousPath:
+        return None
+
+
 def mcp_headers(
     server_url: str,
     headers: Mapping[str, str] | None = None,
@@ -213,16 +280,28 @@ def mcp_headers(
     """The header dict for ``server_url``, for APIs that take headers rather than ``auth=``.
 
     ``headers`` plus the current request's credential for that server (its extra headers
-    and ``Authorization: Bearer <token>``). Raises ``ValueError`` if ``headers`` already
-    holds an ``Authorization`` (any case): the token must come from the request.
+    and ``Authorization: Bearer <token>``), or the headers alone of a server that has
+    headers and no token (a header-only entry for exactly that URL). Raises ``ValueError``
+    if ``headers`` already holds an ``Authorization`` (any case): the token must come from
+    the request.
     """
     result = dict(headers or {})
     if any(name.strip().lower() == "authorization" for name in result):
         raise ValueError("headers already hold an Authorization header")
-    cred = current_credentials().for_server(server_url)
-    if cred is not None:
+    creds = current_credentials()
+    cred = creds.for_server(server_url)
+    entry = None
+    if cred is None and creds.server_headers:
+        entry = creds.headers_entry_for(server_url)
+        entry = (
+            entry if entry is not None and entry.server == parse_server_url(server_url) else None
+        )
+    if cred is not None or entry is not None:
         server = parse_server_url(server_url)
         _check_transport(server.scheme, server.host, allow_insecure_http)
+    if cred is not None:
         result.update(cred.headers)
         result["Authorization"] = cred.bearer()
+    elif entry is not None:
+        result.update(entry.headers)
     return result

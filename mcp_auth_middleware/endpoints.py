@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.credentials import MCPCredential, MCPServerHeaders
 from mcp_auth_middleware.urls import parse_server_url, path_is_prefix
 
 __all__ = ["EndpointBindings"]
@@ -137,22 +137,27 @@ class _WatchedSyncStream(_Watch, _SyncStreamBase):
         self._stream.close()
 
 
+#: What a stream carried: a credential, or a server's headers alone.
+Carried = MCPCredential | MCPServerHeaders
+
+
 class EndpointBindings:
-    """Message endpoint URL (normalised, query included) -> the credential of its stream."""
+    """Message endpoint URL (normalised, query included) -> what its stream carried (a
+    credential, or the headers of a server that has no token)."""
 
     __slots__ = ("_bound",)
 
     def __init__(self) -> None:
-        self._bound: OrderedDict[str, MCPCredential] = OrderedDict()
+        self._bound: OrderedDict[str, Carried] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._bound)
 
-    def get(self, url: str) -> MCPCredential | None:
+    def get(self, url: str) -> Carried | None:
         return self._bound.get(url)
 
     def watch(
-        self, request: Any, response: Any, credential: MCPCredential, *, asynchronous: bool
+        self, request: Any, response: Any, credential: Carried, *, asynchronous: bool
     ) -> None:
         """Watch ``response`` (the event stream ``request`` opened with ``credential``) for
         its endpoint; the binding lasts until the stream is closed."""

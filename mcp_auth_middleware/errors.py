@@ -10,13 +10,16 @@ import json
 from typing import Final
 
 __all__ = [
+    "AMBIGUOUS_PROVIDER_DATA",
     "AUTHORIZATION_IN_HEADERS",
     "AUTHORIZATION_IN_PROVIDER_DATA",
     "BODY_TOO_LARGE",
     "CONFLICTING_CREDENTIALS",
     "INVALID_AUTHORIZATION",
     "INVALID_BODY",
+    "INVALID_CONNECTOR_ID",
     "INVALID_CONTENT_LENGTH",
+    "INVALID_HEADER",
     "INVALID_HEADERS",
     "INVALID_PROVIDER_DATA",
     "INVALID_SERVER_URL",
@@ -41,6 +44,10 @@ TOO_MANY_TOOLS: Final = "too_many_tools"
 INVALID_CONTENT_LENGTH: Final = "invalid_content_length"
 UNSUPPORTED_CONTENT_ENCODING: Final = "unsupported_content_encoding"
 UNSUPPORTED_CHARSET: Final = "unsupported_charset"
+AMBIGUOUS_PROVIDER_DATA: Final = "ambiguous_provider_data"
+INVALID_CONNECTOR_ID: Final = "invalid_connector_id"
+#: ``invalid_headers`` for a header that may not be sent (its message, not a code of its own).
+INVALID_HEADER: Final = "Invalid '{param}': {rule}"
 
 #: Message templates by code; ``{param}`` is the offending field. ``{limit}`` and ``{items}``
 #: are limits, filled in by whoever raises (``CredentialRejected(..., message=...)``).
@@ -79,6 +86,11 @@ MESSAGES: Final[dict[str, str]] = {
     INVALID_CONTENT_LENGTH: "Invalid 'Content-Length': expected one decimal number.",
     UNSUPPORTED_CONTENT_ENCODING: (
         "Unsupported 'Content-Encoding': send the request body uncompressed."
+    ),
+    INVALID_CONNECTOR_ID: "Invalid '{param}': expected 1 to 256 visible ASCII characters.",
+    AMBIGUOUS_PROVIDER_DATA: (
+        "Ambiguous '{param}': send one provider-data header, once (it has an old and a new "
+        "name; this request carries more than one)."
     ),
     UNSUPPORTED_CHARSET: (
         "Unsupported charset in 'Content-Type': send the request body in UTF-8 (or UTF-16 "

@@ -14,7 +14,7 @@ from typing import Any, Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware.audit import Auditor
-from mcp_auth_middleware.config import MCPAuthConfig, ProviderDataMode
+from mcp_auth_middleware.config import HeadersAuthorization, MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import _credentials, _Scope
 from mcp_auth_middleware.credentials import (
     EMPTY_CREDENTIALS,
@@ -22,6 +22,7 @@ from mcp_auth_middleware.credentials import (
     InvalidCredential,
     MCPCredential,
     MCPCredentials,
+    MCPServerHeaders,
 )
 from mcp_auth_middleware.errors import (
     BODY_TOO_LARGE,
@@ -104,14 +105,17 @@ class MCPAuthMiddleware:
             _FRAMING_HEADERS
             | {b"x-request-id"}
             | {
-                source.header.lower().encode("latin-1")
+                name.lower().encode("latin-1")
                 for source in sources
                 if isinstance(source, ProviderDataSource)
+                for name in source.headers
             }
         )
         self._guards = None if config.paths is None else path_matcher(config.paths)
         self._max_tools = config.max_tools
         self._auditor = Auditor.for_config(config)
+        self._precedence = tuple(source.name for source in sources)
+        self._headers_authorization = config.headers_authorization is HeadersAuthorization.ACCEPT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -184,7 +188,7 @@ class MCPAuthMiddleware:
                     request.decoded = parse_body(body.data(), max_tools=self._max_tools)
             if request.decoded is None and not (source_headers or self._asks_every_request):
                 return replay, EMPTY_CREDENTIALS  # nothing any source could read
-            found: list[tuple[str, list[MCPCredential]]] = []
+            found: list[tuple[str, list[MCPCredential | MCPServerHeaders]]] = []
             for source, custom, own_headers_only in self._sources:
                 if own_headers_only and not source_headers:
                     continue
@@ -201,11 +205,16 @@ class MCPAuthMiddleware:
         if refusal is not None:
             await self._refuse(request, send, request_id, refusal)
             return None
-        credentials, resolved = resolve(found) if found else (EMPTY_CREDENTIALS, ())
+        credentials, resolved = (
+            resolve(found, self._precedence) if found else (EMPTY_CREDENTIALS, ())
+        )
         if self._auditor is not None and resolved:
             self._auditor.resolved(resolved, request, _request_id(request_id))
+            if credentials.default is not None or credentials.unbound_connectors:
+                # A later bind_default / bind_connector says which credential won.
+                credentials._on_bind = self._auditor.binder(request, _request_id(request_id))
         if self.config.redact_body and body is not None and request.decoded is not None:
-            redacted = redact_body(body.data())
+            redacted = redact_body(body.data(), tool_headers=self._headers_authorization)
             if redacted is None:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
@@ -334,7 +343,10 @@ def _sources_of(config: MCPAuthConfig) -> tuple[MCPCredentialSource, ...]:
     runs even when ``precedence`` leaves it out: it refuses, it never supplies."""
     builtin: dict[str, MCPCredentialSource] = {}
     if config.body:
-        builtin[CredentialSource.BODY.value] = BodySource()
+        builtin[CredentialSource.BODY.value] = BodySource(
+            headers_authorization=config.headers_authorization is HeadersAuthorization.ACCEPT,
+            connectors=config.connectors,
+        )
     if config.server_headers:
         builtin[CredentialSource.SERVER_HEADER.value] = ServerHeaderSource()
     if config.provider_data is not ProviderDataMode.IGNORE:
@@ -405,13 +417,13 @@ class _Replay:
         return f"<request body: {len(self._pending)} of {len(self._messages)} messages pending>"
 
 
-async def _checked(got: Any, name: str) -> list[MCPCredential]:
+async def _checked(got: Any, name: str) -> list[MCPCredential | MCPServerHeaders]:
     """A custom source's answer (an iterable of credentials, or an awaitable of one)."""
     if inspect.isawaitable(got):
         got = await got
     items = list(got)
     for cred in items:
-        if not isinstance(cred, MCPCredential):
+        if not isinstance(cred, MCPCredential | MCPServerHeaders):
             raise TypeError(f"credential source {name!r} returned a {type(cred).__name__}")
     return items
 

@@ -40,7 +40,7 @@ from mcp.types import CallToolResult, ListToolsResult
 from mcp_types import INVALID_REQUEST
 
 from mcp_auth_middleware.context import current_credentials, use_credentials
-from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials
+from mcp_auth_middleware.credentials import MCPCredential, MCPCredentials, MCPServerHeaders
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth
 from mcp_auth_middleware.upstream import (
     MCPUpstreamAuthError,
@@ -173,7 +173,11 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _headers_digest(cred: MCPCredential | None) -> str | None:
+#: What a session sends its server: a credential, or headers alone (a header-only entry).
+_Carried = MCPCredential | MCPServerHeaders
+
+
+def _headers_digest(cred: _Carried | None) -> str | None:
     if cred is None or not cred.headers:
         return None
     items = "\n".join(f"{name.lower()}:{value}" for name, value in sorted(cred.headers.items()))
@@ -195,7 +199,7 @@ class _SessionAuth(MCPBearerAuth):
 
     def __init__(
         self,
-        credential: MCPCredential | None,
+        credential: _Carried | None,
         *,
         allow_insecure_http: bool,
         on_refusal: Callable[[MCPUpstreamAuthError], None],
@@ -205,10 +209,10 @@ class _SessionAuth(MCPBearerAuth):
         self._on_refusal = on_refusal
 
     def _answered(
-        self, request: Any, cred: MCPCredential | None, response: Any, *, asynchronous: bool
+        self, request: Any, carried: _Carried | None, response: Any, *, asynchronous: bool
     ) -> None:
         try:
-            super()._answered(request, cred, response, asynchronous=asynchronous)
+            super()._answered(request, carried, response, asynchronous=asynchronous)
         except MCPUpstreamAuthError as exc:
             self._on_refusal(exc)
             raise
@@ -238,7 +242,7 @@ class _Session:
         key: _Key,
         url: str,
         server: ServerURL,
-        credential: MCPCredential | None,
+        credential: _Carried | None,
         *,
         pooled: bool,
     ) -> None:
@@ -256,11 +260,13 @@ class _Session:
         self.borrowers = 0
         self.last_used = anyio.current_time()
 
-    def serves(self, credential: MCPCredential | None) -> bool:
+    def serves(self, credential: _Carried | None) -> bool:
         """Same secret and same extra headers (a fingerprint is only 48 bits)."""
         mine = self.credential
         if mine is None or credential is None:
             return mine is credential
+        if not (isinstance(mine, MCPCredential) and isinstance(credential, MCPCredential)):
+            return type(mine) is type(credential) and dict(mine.headers) == dict(credential.headers)
         return hmac.compare_digest(
             mine.token.get_secret_value().encode(), credential.token.get_secret_value().encode()
         ) and dict(mine.headers) == dict(credential.headers)
@@ -493,11 +499,13 @@ class MCPSessionPool:
 
     def _target(
         self, server_url: str, credential: MCPCredential | None
-    ) -> tuple[str, ServerURL, MCPCredential | None]:
+    ) -> tuple[str, ServerURL, _Carried | None]:
         """The server and the credential to borrow with; refuses what must not be sent."""
         server = parse_server_url(server_url)  # ValueError for a non-http(s) URL
+        cred: _Carried | None
         if credential is None:
-            cred = current_credentials().match_request(server)
+            creds = current_credentials()  # the credential, else headers alone, for the server
+            cred = creds.match_request(server) or creds.headers_entry_for(server)
         else:
             cred = credential
             bound = cred.server
@@ -519,7 +527,7 @@ class MCPSessionPool:
     def _key(
         self,
         server: ServerURL,
-        cred: MCPCredential | None,
+        cred: _Carried | None,
         partition: str | None,
         transport: Transport | None,
     ) -> _Key:
@@ -534,14 +542,14 @@ class MCPSessionPool:
             raise TypeError("a partition must be a str or None")
         return _Key(
             server.url,
-            None if cred is None else cred.fingerprint,
+            cred.fingerprint if isinstance(cred, MCPCredential) else None,
             _headers_digest(cred),
             _transport_of(server, transport),
             partition,
         )
 
     async def _acquire(
-        self, url: str, server: ServerURL, cred: MCPCredential | None, key: _Key
+        self, url: str, server: ServerURL, cred: _Carried | None, key: _Key
     ) -> _Session:
         if self._tasks is None:
             raise PoolClosedError(POOL_NOT_OPEN)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_auth_middleware.audit import _printable as printable
+from mcp_auth_middleware.credentials import MCPCredential
 
 if TYPE_CHECKING:
     from mcp_auth_middleware.errors import CredentialRejected
@@ -170,6 +171,8 @@ def _annotate(span: Any, items: Sequence[Resolved]) -> None:
     sources: dict[str, None] = {}
     shadowed_all: dict[str, None] = {}
     for cred, shadowed in items:
+        if not isinstance(cred, MCPCredential):
+            continue  # headers only: no fingerprint to name it by
         source = str(cred.source)
         sources[source] = None
         shadowed_all.update(dict.fromkeys(shadowed))

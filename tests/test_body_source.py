@@ -18,6 +18,7 @@ from mcp_auth_middleware import (
     CredentialRejected,
     MCPAuthConfig,
     MCPAuthMiddleware,
+    MCPCredential,
     current_credentials,
 )
 from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, MCPTool, check_token
@@ -404,4 +405,5 @@ def test_body_token_rule_is_check_tokens(value: Any) -> None:
         assert refused.value.code == "invalid_authorization"
     else:
         [cred] = read_credentials(tools, None, None)
+        assert isinstance(cred, MCPCredential)
         assert cred.token.get_secret_value() == expected

@@ -33,7 +33,9 @@ URL = "https://mcp.example.com/mcp"
         ("enabled", True),
         ("body", True),
         ("provider_data", "accept"),
-        ("provider_data_header", "X-LlamaStack-Provider-Data"),
+        ("provider_data_header", ("X-LlamaStack-Provider-Data", "X-OGX-Provider-Data")),
+        ("headers_authorization", "refuse"),
+        ("connectors", {}),
         ("server_headers", False),
         ("precedence", ("body", "server_header", "provider_data")),
         ("paths", None),
@@ -67,6 +69,23 @@ def test_config_is_immutable() -> None:
             {"provider_data_header": "X Provider Data"}, "provider_data_header", id="header-space"
         ),
         pytest.param({"provider_data_header": ""}, "provider_data_header", id="header-empty"),
+        pytest.param({"provider_data_header": ()}, "provider_data_header", id="header-none"),
+        pytest.param(
+            {"provider_data_header": "X-OGX-Provider-Data,x-ogx-provider-data"},
+            "provider_data_header",
+            id="header-twice",
+        ),
+        pytest.param(
+            {"provider_data_header": ("X-OGX-Provider-Data", "Content-Length")},
+            "provider_data_header",
+            id="header-framing-among-several",
+        ),
+        pytest.param({"headers_authorization": "maybe"}, "headers_authorization", id="ha-bad"),
+        pytest.param({"connectors": {"crm": "ftp://x/"}}, "connectors", id="connector-url"),
+        pytest.param({"connectors": {"crm": "/mcp"}}, "connectors", id="connector-relative"),
+        pytest.param({"connectors": {"": "https://x/mcp"}}, "connectors", id="connector-empty"),
+        pytest.param({"connectors": {"a b": "https://x/mcp"}}, "connectors", id="connector-space"),
+        pytest.param({"connectors": "crm"}, "connectors", id="connector-no-url"),
         pytest.param(
             {"provider_data_header": "X-Provider:Data"}, "provider_data_header", id="header-colon"
         ),
@@ -112,7 +131,25 @@ def test_variables_of_other_programs_are_ignored() -> None:
             "MCP_AUTH_PROVIDER_DATA_HEADER",
             "X-OGX-Provider-Data",
             "provider_data_header",
-            "X-OGX-Provider-Data",
+            ("X-OGX-Provider-Data",),
+        ),
+        (
+            "MCP_AUTH_PROVIDER_DATA_HEADER",
+            " X-OGX-Provider-Data , X-My-Provider-Data ",
+            "provider_data_header",
+            ("X-OGX-Provider-Data", "X-My-Provider-Data"),
+        ),
+        ("MCP_AUTH_HEADERS_AUTHORIZATION", "accept", "headers_authorization", "accept"),
+        ("MCP_AUTH_HEADERS_AUTHORIZATION", "ACCEPT", "headers_authorization", "accept"),
+        ("MCP_AUTH_HEADERS_AUTHORIZATION", "refuse", "headers_authorization", "refuse"),
+        (
+            "MCP_AUTH_CONNECTORS",
+            "connector_dropbox=https://mcp.example.com/dropbox, crm=https://crm.example.com/mcp",
+            "connectors",
+            {
+                "connector_dropbox": "https://mcp.example.com/dropbox",
+                "crm": "https://crm.example.com/mcp",
+            },
         ),
         ("MCP_AUTH_SERVER_HEADERS", "true", "server_headers", True),
         ("MCP_AUTH_SERVER_HEADERS", "1", "server_headers", True),
@@ -160,7 +197,7 @@ def test_all_variables_together() -> None:
     )
     assert config == MCPAuthConfig(
         provider_data=ProviderDataMode.REJECT,
-        provider_data_header="X-OGX-Provider-Data",
+        provider_data_header=("X-OGX-Provider-Data",),
         server_headers=True,
         precedence=("server_header", "body", "provider_data"),
         paths=("/v1/responses",),

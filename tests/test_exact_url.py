@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_auth_middleware import MCPBearerAuth, MCPCredential, use_credentials
+from mcp_auth_middleware import MCPBearerAuth, MCPCredential, MCPServerHeaders, use_credentials
 from mcp_auth_middleware.sessions import MCPSessionPool
 from mcp_auth_middleware.testing import RecordingMCPServer
 from mcp_auth_middleware.urls import normalize_server_url
@@ -70,6 +70,7 @@ def by_auth(auth: MCPBearerAuth, url: str) -> str | None:
 def by_pool(pool: MCPSessionPool, url: str) -> str | None:
     """The credential the pool would borrow a session with for ``url``."""
     _, _, cred = pool._target(url, None)
+    assert not isinstance(cred, MCPServerHeaders)
     return None if cred is None else cred.token.get_secret_value()
 
 

@@ -30,6 +30,7 @@ from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
     MCPCredential,
+    MCPServerHeaders,
     current_credentials,
 )
 from mcp_auth_middleware.credentials import fingerprint
@@ -71,13 +72,13 @@ FUZZ_EXAMPLES: Final = int(os.environ.get("MCP_AUTH_FUZZ_EXAMPLES", "100"))
 Cred = tuple[str | None, str | None, str, str, tuple[str, ...]]
 
 
-def summarize(creds: Iterable[MCPCredential]) -> frozenset[Cred]:
+def summarize(creds: Iterable[MCPCredential | MCPServerHeaders]) -> frozenset[Cred]:
     return frozenset(
         (
             None if c.server is None else c.server.url,
             c.server_label,
             str(c.source),
-            c.fingerprint,
+            c.fingerprint if isinstance(c, MCPCredential) else "",
             tuple(sorted(c.headers)),
         )
         for c in creds
@@ -1032,15 +1033,15 @@ LOOK_ALIKES = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("name", "is_authorization"), LOOK_ALIKES)
 async def test_look_alike_authorization_in_tool_headers(name: str, is_authorization: bool) -> None:
-    """A name that case mapping or NFKC turns into ``Authorization`` is refused; other
-    look-alikes are plain (odd) header names the application may pass on, since no HTTP
-    client sends them as ``Authorization`` (see the next test)."""
+    """A name that case mapping or NFKC turns into ``Authorization`` is refused as one; other
+    look-alikes are not RFC 9110 header names, which the middleware will not carry to a
+    server either (no HTTP client sends them: see the next test)."""
     body = jbody({"tools": [tool(headers={name: "Bearer smuggled"})]})
     outcome = await drive(body)
     if is_authorization:
         assert_refused(outcome, 400, AUTHORIZATION_IN_HEADERS, "tools[0].headers")
     else:
-        assert_passed_through(outcome, body, frozenset({cred(URL, TOKEN, label="s")}))
+        assert_refused(outcome, 400, "invalid_headers", "tools[0].headers")
 
 
 @pytest.mark.parametrize("module", ["httpx", "httpx2"])

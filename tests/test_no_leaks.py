@@ -299,7 +299,7 @@ ACCEPTED = {
     "provider-data-renamed-header": Case(
         {},
         {"X-OGX-Provider-Data": json.dumps({"mcp_headers": {URL: {"Authorization": BEARER}}})},
-        MCPAuthConfig(provider_data_header="X-OGX-Provider-Data"),
+        MCPAuthConfig(provider_data_header=("X-OGX-Provider-Data",)),
     ),
     "server-header": Case(TOOL, {"X-MCP-srv-Authorization": BEARER}, SERVER_HEADERS),
     "server-header-unknown-label": Case(

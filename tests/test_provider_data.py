@@ -88,7 +88,7 @@ async def test_header_name_is_matched_case_insensitively(name: str) -> None:
 @pytest.mark.anyio
 async def test_header_name_is_configurable() -> None:
     """The renamed upstream header ``X-OGX-Provider-Data`` is read when configured."""
-    config = MCPAuthConfig(provider_data_header="X-OGX-Provider-Data")
+    config = MCPAuthConfig(provider_data_header=("X-OGX-Provider-Data",))
     document = {"mcp_headers": {URL: {"Authorization": "Bearer t1"}}}
     response, recorder = await post(header(document, "x-ogx-provider-data"), config=config)
     assert response.status_code == 200
@@ -97,7 +97,7 @@ async def test_header_name_is_configurable() -> None:
 
 @pytest.mark.anyio
 async def test_default_header_is_not_read_when_another_name_is_configured() -> None:
-    config = MCPAuthConfig(provider_data_header="X-OGX-Provider-Data")
+    config = MCPAuthConfig(provider_data_header=("X-OGX-Provider-Data",))
     response, recorder = await post(header("{not json"), config=config)
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == []
@@ -105,7 +105,7 @@ async def test_default_header_is_not_read_when_another_name_is_configured() -> N
 
 @pytest.mark.anyio
 async def test_errors_name_the_configured_header() -> None:
-    config = MCPAuthConfig(provider_data_header="X-OGX-Provider-Data")
+    config = MCPAuthConfig(provider_data_header=("X-OGX-Provider-Data",))
     response, recorder = await post(header("{not json", "X-OGX-Provider-Data"), config=config)
     assert_rejected(response, recorder, "invalid_provider_data", "X-OGX-Provider-Data")
 
@@ -343,6 +343,6 @@ async def test_two_provider_data_headers_are_refused() -> None:
     one = json.dumps({"mcp_headers": {URL: {"Authorization": "Bearer t1"}}})
     two = json.dumps({"mcp_headers": {URL: {"Authorization": "Bearer t2"}}})
     response, recorder = await post([(PROVIDER_DATA, one), (PROVIDER_DATA.lower(), two)])
-    assert_rejected(response, recorder, "invalid_provider_data")
+    assert_rejected(response, recorder, "ambiguous_provider_data")
     assert "t1" not in response.text
     assert "t2" not in response.text

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from starlette.types import Scope
 
 from mcp_auth_middleware.checks import MAX_TOKEN_LENGTH, check_token
-from mcp_auth_middleware.credentials import MCPCredential
+from mcp_auth_middleware.credentials import MCPCredential, MCPServerHeaders
 from mcp_auth_middleware.errors import INVALID_AUTHORIZATION, CredentialRejected
 from mcp_auth_middleware.urls import redacted_url
 
@@ -39,14 +39,28 @@ class MCPTool:
     shows ``[secure]`` instead, and the server URL without its user-info and query.
     """
 
-    __slots__ = ("authorization", "headers", "position", "server_label", "server_url")
+    __slots__ = (
+        "authorization",
+        "connector_id",
+        "headers",
+        "position",
+        "server_label",
+        "server_url",
+    )
 
     #: Always ``"mcp"``: other tools are not kept.
     type = "mcp"
 
     def __init__(
-        self, position: int, server_url: Any, server_label: Any, authorization: Any, headers: Any
+        self,
+        position: int,
+        server_url: Any,
+        server_label: Any,
+        authorization: Any,
+        headers: Any,
+        connector_id: Any = None,
     ) -> None:
+        self.connector_id = connector_id
         self.position = position
         self.server_url = server_url
         self.server_label = server_label
@@ -85,7 +99,14 @@ class ParsedBody:
         tool with ``type`` and the fields of :class:`MCPTool`): its MCP tools only."""
         return cls(
             tuple(
-                MCPTool(position, t.server_url, t.server_label, t.authorization, t.headers)
+                MCPTool(
+                    position,
+                    t.server_url,
+                    t.server_label,
+                    t.authorization,
+                    t.headers,
+                    t.connector_id,
+                )
                 for position, t in enumerate(decoded.tools or ())
                 if t.type == "mcp"
             ),
@@ -177,8 +198,12 @@ class MCPCredentialSource(Protocol):
 
     def read(
         self, request: SourceRequest
-    ) -> Iterable[MCPCredential] | Awaitable[Iterable[MCPCredential]]:
-        """The credentials this request carries for this source (may be async)."""
+    ) -> (
+        Iterable[MCPCredential | MCPServerHeaders]
+        | Awaitable[Iterable[MCPCredential | MCPServerHeaders]]
+    ):
+        """The credentials this request carries for this source (may be async), and the
+        :class:`MCPServerHeaders` of servers it gives headers without a token."""
         ...
 
 

@@ -29,20 +29,37 @@ from __future__ import annotations
 
 import codecs
 import gc
+import hmac
 import json
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
 
-from mcp_auth_middleware.checks import check_token, is_authorization
-from mcp_auth_middleware.credentials import CredentialSource, InvalidCredential, MCPCredential
+from mcp_auth_middleware.checks import (
+    HEADER_RULE,
+    check_extra_header,
+    check_token,
+    is_authorization,
+    is_header_name,
+)
+from mcp_auth_middleware.credentials import (
+    CredentialSource,
+    Entry,
+    InvalidCredential,
+    MCPCredential,
+    MCPServerHeaders,
+    entry_key,
+)
 from mcp_auth_middleware.errors import (
     AUTHORIZATION_IN_HEADERS,
     CONFLICTING_CREDENTIALS,
     INVALID_AUTHORIZATION,
     INVALID_BODY,
+    INVALID_CONNECTOR_ID,
+    INVALID_HEADER,
     INVALID_HEADERS,
     INVALID_SERVER_URL,
     MESSAGES,
@@ -88,6 +105,7 @@ class Tool(msgspec.Struct, gc=False):
     server_label: Any = None
     authorization: Any = None
     headers: Any = None
+    connector_id: Any = None
 
     def __repr__(self) -> str:  # the fields include the token
         return f"Tool(type={self.type!r}, server_url={redacted_url(self.server_url)!r})"
@@ -122,6 +140,7 @@ class _RawTool(msgspec.Struct, gc=False):
     server_label: _Scalar = None
     authorization: _Scalar = None
     headers: msgspec.Raw = _ABSENT
+    connector_id: _Scalar = None
 
     def __rich_repr__(self) -> list[tuple[str, Any]]:
         return [("type", self.type)]
@@ -216,7 +235,14 @@ def _body_of(fields: _Fields | _LargeFields, max_tools: int) -> Body:
     if type(items) is list or type(items) is tuple:
         _check_counts(items, max_tools)  # before any headers are decoded
         tools = [
-            Tool(t.type, t.server_url, t.server_label, t.authorization, _headers_of(i, t.headers))
+            Tool(
+                t.type,
+                t.server_url,
+                t.server_label,
+                t.authorization,
+                _headers_of(i, t.headers),
+                t.connector_id,
+            )
             if type(t) is _RawTool and t.type == "mcp"
             else _NOT_A_TOOL
             for i, t in enumerate(items)
@@ -275,7 +301,12 @@ def _tool_of_json(position: int, item: Any) -> Tool:
     if headers is not None and len(json.dumps(headers)) > MAX_HEADERS_JSON:
         raise _headers_too_large(position)
     return Tool(
-        "mcp", item.get("server_url"), item.get("server_label"), item.get("authorization"), headers
+        "mcp",
+        item.get("server_url"),
+        item.get("server_label"),
+        item.get("authorization"),
+        headers,
+        item.get("connector_id"),
     )
 
 
@@ -381,33 +412,41 @@ _decode_items_raw = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def redact_body(raw: bytes) -> bytes | None:
+def redact_body(raw: bytes, *, tool_headers: bool = False) -> bytes | None:
     """``raw`` without the ``authorization`` values the body source reads (top level, and
-    each MCP tool's), re-encoded; ``None`` if no parser both sides share can read it.
+    each MCP tool's; with ``tool_headers``, also each ``Authorization`` in an MCP tool's
+    ``headers``, in any case: ``headers_authorization = "accept"`` reads them), re-encoded;
+    ``None`` if no parser both sides share can read it.
 
     Only the members that hold them are rewritten: the rest of the body is copied as raw
     JSON, so the work is a copy of the body, whatever it holds. A body with no
     ``authorization`` key anywhere (not even one a later duplicate or a ``\\u`` escape
     hides) is returned as is.
     """
-    if b"authorization" not in raw and b"\\u" not in raw:  # (keys are case-sensitive)
+    if b"\\u" not in raw and (
+        _ANY_CASE.search(raw) is None if tool_headers else b"authorization" not in raw
+    ):  # (JSON keys are case-sensitive; header names are not)
         return raw
     paused = gc.isenabled()  # as in parse_body
     gc.disable()
     try:
-        return _redacted(raw)
+        return _redacted(raw, tool_headers)
     finally:
         if paused:
             gc.enable()
 
 
-def _redacted(raw: bytes) -> bytes | None:
+# "Authorization" in any case, or a ``\u`` escape that may spell it.
+_ANY_CASE: Final = re.compile(rb"(?i)authorization|\\u")
+
+
+def _redacted(raw: bytes, tool_headers: bool) -> bytes | None:
     try:
         members = _decode_members(raw)
         members.pop("authorization", None)
         tools = members.get("tools")
         if tools is not None and memoryview(tools)[:1].tobytes() == b"[":
-            items = [_redacted_tool(item) for item in _decode_items_raw(tools)]
+            items = [_redacted_tool(item, tool_headers) for item in _decode_items_raw(tools)]
             members["tools"] = msgspec.Raw(b"[" + b",".join(items) + b"]")
         return _encode(members)
     except _MSGSPEC_REFUSES:
@@ -422,18 +461,44 @@ def _redacted(raw: bytes) -> bytes | None:
     for tool in document.get("tools") if isinstance(document.get("tools"), list) else ():
         if isinstance(tool, dict) and tool.get("type") == "mcp":
             tool.pop("authorization", None)
+            if tool_headers and "headers" in tool:
+                tool["headers"] = _without_authorization(tool["headers"])
     return json.dumps(document).encode()
 
 
-def _redacted_tool(item: msgspec.Raw) -> bytes:
+def _redacted_tool(item: msgspec.Raw, tool_headers: bool) -> bytes:
     if memoryview(item)[:1].tobytes() != b"{":
         return bytes(item)
     tool = _decode_members(item)
     kind = tool.get("type")
-    if kind is None or _scalar_or_marker(kind) != "mcp" or "authorization" not in tool:
+    headers = tool.get("headers") if tool_headers else None
+    if headers is not None and _ANY_CASE.search(headers) is None:
+        headers = None
+    if kind is None or _scalar_or_marker(kind) != "mcp":
         return bytes(item)
-    del tool["authorization"]
+    if "authorization" not in tool and headers is None:
+        return bytes(item)
+    tool.pop("authorization", None)
+    if headers is not None:
+        tool["headers"] = msgspec.Raw(_encode(_without_authorization(_decode_any(headers))))
     return _encode(tool)
+
+
+def _without_authorization(headers: Any) -> Any:
+    """A tool's ``headers`` (an object or a list of pairs) without its ``Authorization``."""
+    if isinstance(headers, dict):
+        return {k: v for k, v in headers.items() if not _names_authorization(k)}
+    if isinstance(headers, list):
+        return [
+            item
+            for item in headers
+            if not (isinstance(item, list) and item and _names_authorization(item[0]))
+        ]
+    return headers
+
+
+def _names_authorization(name: Any) -> bool:
+    return isinstance(name, str) and name.lower() == "authorization"
 
 
 # --- reading credentials -------------------------------------------------------------------
@@ -456,65 +521,171 @@ def _header_names(headers: Any) -> Iterable[Any]:
     return ()
 
 
-def _check_headers(headers: Any, position: int) -> None:
+def _check_headers(headers: Any, position: int, accept: bool) -> None:
+    """``authorization_in_headers`` for an ``Authorization`` (any case, look-alikes) in a
+    tool's headers; with ``accept``, only for a look-alike or a name with whitespace around
+    it, which no HTTP client sends as ``Authorization``."""
     for name in _header_names(headers):
-        if isinstance(name, str) and is_authorization(name):
+        if (
+            isinstance(name, str)
+            and is_authorization(name)
+            and not (accept and name.lower() == "authorization")
+        ):
             raise CredentialRejected(
                 AUTHORIZATION_IN_HEADERS, f"tools[{position}].headers", source=_BODY
             )
 
 
+def _tool_headers(headers: Any, position: int, accept: bool) -> tuple[dict[str, str], str | None]:
+    """A tool's ``headers``, checked: the extra headers, and the token of its
+    ``Authorization`` (with ``accept``; ``None`` without one). Each header must be one an MCP
+    server may be sent (see :func:`check_extra_header`), once; ``invalid_headers`` names the
+    one at fault."""
+    _check_headers(headers, position, accept)
+    where = f"tools[{position}].headers"
+    if isinstance(headers, dict):
+        pairs: list[tuple[str, Any, Any]] = [(f"{where}.{n}", n, v) for n, v in headers.items()]
+    elif isinstance(headers, list):
+        pairs = []
+        for at, item in enumerate(headers):
+            if not (isinstance(item, list) and len(item) == 2):
+                raise _invalid_header(f"{where}[{at}]", _PAIR_RULE)
+            pairs.append((f"{where}[{at}]", item[0], item[1]))
+    else:
+        raise _invalid_header(where, _PAIR_RULE)
+    extra: dict[str, str] = {}
+    token: str | None = None
+    seen: set[str] = set()
+    for param, name, value in pairs:
+        if is_header_name(name) and isinstance(headers, dict):
+            param = f"{where}.{name}"
+        elif isinstance(headers, dict):
+            param = where  # a name we will not quote
+        lowered = name.lower() if isinstance(name, str) else ""
+        if lowered in seen:
+            raise _invalid_header(param, "the same header name twice (in any case)")
+        seen.add(lowered)
+        if lowered == "authorization":  # ``accept``: _check_headers refused it otherwise
+            token = check_token(value, require_bearer=False)
+            if token is None:
+                raise CredentialRejected(INVALID_AUTHORIZATION, param, source=_BODY)
+        elif check_extra_header(name, value):
+            extra[name] = value
+        else:
+            raise _invalid_header(param, HEADER_RULE)
+    return extra, token
+
+
+_PAIR_RULE: Final = (
+    "expected an object of header names to strings, or a list of [name, value] pairs"
+)
+
+
+def _invalid_header(param: str, rule: str) -> CredentialRejected:
+    message = INVALID_HEADER.format(param=param, rule=rule)
+    return CredentialRejected(INVALID_HEADERS, param, message=message, source=_BODY)
+
+
 def read_credentials(
-    tools: Iterable[tuple[int, Any]], authorization: Any, mcp_endpoint: Any
-) -> list[MCPCredential]:
-    """The body's credentials (see :class:`BodySource`): one per server at most.
+    tools: Iterable[tuple[int, Any]],
+    authorization: Any,
+    mcp_endpoint: Any,
+    *,
+    headers_authorization: bool = False,
+    connectors: Mapping[str, str] | None = None,
+) -> list[Entry]:
+    """The body's credentials and header-only entries (see :class:`BodySource`): one per
+    server at most.
 
     ``tools`` are the tools (anything with the fields of :class:`Tool`), each with its place
     in the request's ``tools`` list, which errors name; those whose ``type`` is not ``"mcp"``
-    are skipped.
+    are skipped. ``headers_authorization``: a tool's ``headers.Authorization`` is its token
+    (else it is refused). ``connectors`` maps a ``connector_id`` to the URL its tools'
+    credentials are bound to.
     """
-    found: list[MCPCredential] = []
-    by_server: dict[str, MCPCredential] = {}  # normalised server URL -> credential
-    by_label: dict[str, MCPCredential] = {}  # case-folded label -> label-only credential
+    found: dict[tuple[str, str], Entry] = {}
     for position, tool in tools:
         if tool.type != "mcp":
             continue
+        extra: dict[str, str] = {}
+        token: Any = tool.authorization
         if tool.headers is not None:
-            _check_headers(tool.headers, position)
-        if tool.authorization is None or tool.authorization == "":
+            extra, header_token = _tool_headers(tool.headers, position, headers_authorization)
+            if header_token is not None:
+                token = _one_token(position, token, header_token)
+        if token == "":
+            token = None
+        if token is None and not extra:
             continue
         label = tool.server_label if type(tool.server_label) is str else None
-        if tool.server_url is None and label is None:  # nothing names its server
-            if check_token(tool.authorization, require_bearer=False) is None:
+        connector = tool.connector_id if type(tool.connector_id) is str else None
+        server_url = tool.server_url
+        if server_url is None and connector is not None and connectors:
+            server_url = connectors.get(connector)
+        if server_url is None and connector is None and label is None:  # names no server
+            if token is not None and check_token(token, require_bearer=False) is None:
                 raise CredentialRejected(
                     INVALID_AUTHORIZATION, f"tools[{position}].authorization", source=_BODY
                 )
             continue
-        cred = _credential(position, tool.authorization, tool.server_url, label)
-        if cred.server is not None:
-            if _first_for_server(cred, by_server, position):
-                found.append(cred)
-        elif _first_for_label(cred, by_label, position):  # a connector: known by its label
-            found.append(cred)
+        if token is None and server_url is None and connector is None:
+            continue  # headers for a server known by its label only: nowhere to send them
+        entry = _entry(position, token, server_url, label, extra, connector)
+        _add(found, entry, position)
     if authorization is not None and authorization != "":
         uri = mcp_endpoint.get("uri") if type(mcp_endpoint) is dict else None
-        cred = _credential(None, authorization, uri, None)
-        if cred.server is None or _first_for_server(cred, by_server, None):
-            found.append(cred)
-    return found
+        _add(found, _entry(None, authorization, uri, None, {}, None), None)
+    return list(found.values())
 
 
-def _credential(
-    position: int | None, authorization: Any, server_url: Any, label: str | None
-) -> MCPCredential:
-    """A credential of the body (its constructor checks it): of ``tools[position]``, or of
-    the top-level ``authorization`` (``position`` None). The error names the field at fault."""
+def _one_token(position: int, authorization: Any, header_token: str) -> str:
+    """A tool's token when its ``headers`` hold one (``accept``): the ``authorization`` beside
+    it, if any, must be the same token."""
+    if authorization is None or authorization == "":
+        return header_token
+    token = check_token(authorization, require_bearer=False)
+    if token is None:
+        raise CredentialRejected(
+            INVALID_AUTHORIZATION, f"tools[{position}].authorization", source=_BODY
+        )
+    if not hmac.compare_digest(token.encode(), header_token.encode()):
+        param = f"tools[{position}].headers.Authorization"
+        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    return token
+
+
+def _entry(
+    position: int | None,
+    authorization: Any,
+    server_url: Any,
+    label: str | None,
+    headers: dict[str, str],
+    connector: str | None,
+) -> Entry:
+    """A credential (or header-only entry) of the body (its constructor checks it): of
+    ``tools[position]``, or of the top-level ``authorization`` (``position`` None). The error
+    names the field at fault."""
     try:
+        if authorization is None:
+            return MCPServerHeaders(
+                headers=headers,
+                source=_SOURCE,
+                server_url=server_url,
+                server_label=label,
+                connector_id=connector,
+            )
         return MCPCredential(
-            token=authorization, source=_SOURCE, server_url=server_url, server_label=label
+            token=authorization,
+            source=_SOURCE,
+            server_url=server_url,
+            server_label=label,
+            headers=headers,
+            connector_id=connector,
         )
     except InvalidCredential as exc:
         code = INVALID_AUTHORIZATION if exc.field == "token" else INVALID_SERVER_URL
+        if exc.field == "connector_id":
+            code = INVALID_CONNECTOR_ID
         raise CredentialRejected(code, _param(position, code), source=_BODY) from None
 
 
@@ -522,66 +693,88 @@ def _param(position: int | None, code: str) -> str:
     """The field an error of the body names (built only when refusing)."""
     if position is None:
         return "authorization" if code == INVALID_AUTHORIZATION else "mcp_endpoint.uri"
-    field = "authorization" if code == INVALID_AUTHORIZATION else "server_url"
-    return f"tools[{position}].{field}"
+    field = {INVALID_AUTHORIZATION: "authorization", INVALID_CONNECTOR_ID: "connector_id"}
+    return f"tools[{position}].{field.get(code, 'server_url')}"
 
 
-def _first_for_label(
-    cred: MCPCredential, by_label: dict[str, MCPCredential], position: int
-) -> bool:
-    """Whether a credential known only by its label is the first for that label (compared
-    case-insensitively, as per-server headers name labels); ``conflicting_credentials`` if an
-    earlier one has another token."""
-    assert cred.server_label is not None
-    previous = by_label.setdefault(cred.server_label.casefold(), cred)
-    if previous is cred:
-        return True
-    if not previous.same_token(cred):
-        param = f"tools[{position}].server_label"
+def _add(found: dict[tuple[str, str], Entry], entry: Entry, position: int | None) -> None:
+    """Keep ``entry``, merged with an earlier one for the same server (by URL, else
+    connector, else label, case-insensitively): two tools naming one server must not
+    disagree. Different tokens are ``conflicting_credentials`` naming the field that names
+    the server; one header with two values, naming ``tools[i].headers``. A tool that adds a
+    token or headers the other lacks adds them."""
+    key = entry_key(entry)
+    previous = found.setdefault(key, entry)
+    if previous is entry:
+        return
+    if (
+        isinstance(previous, MCPCredential)
+        and isinstance(entry, MCPCredential)
+        and not previous.same_token(entry)
+    ):
+        if position is None:
+            param = "mcp_endpoint.uri"
+        else:
+            field = {"url": "server_url", "connector": "connector_id"}.get(key[0], "server_label")
+            param = f"tools[{position}].{field}"
         raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
-    return False
-
-
-def _first_for_server(
-    cred: MCPCredential, by_server: dict[str, MCPCredential], position: int | None
-) -> bool:
-    """Whether ``cred`` is the first for its server (another with the same token is the same
-    credential); ``conflicting_credentials`` if an earlier one has another token."""
-    assert cred.server is not None
-    previous = by_server.setdefault(cred.server.url, cred)
-    if previous is cred:
-        return True
-    if not previous.same_token(cred):
-        param = _param(position, INVALID_SERVER_URL)  # the field naming the server
-        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
-    return False
+    if not entry.headers or dict(entry.headers) == dict(previous.headers):
+        if isinstance(entry, MCPCredential) and not isinstance(previous, MCPCredential):
+            found[key] = entry.replace(headers=previous.headers)  # the token joins the headers
+        return
+    headers = {name.lower(): (name, value) for name, value in previous.headers.items()}
+    for name, value in entry.headers.items():
+        if headers.setdefault(name.lower(), (name, value))[1] != value:
+            param = "mcp_endpoint.uri" if position is None else f"tools[{position}].headers"
+            raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_BODY)
+    token_joins = isinstance(entry, MCPCredential) and not isinstance(previous, MCPCredential)
+    found[key] = (entry if token_joins else previous).replace(headers=dict(headers.values()))
 
 
 class BodySource:
     """Credentials from the request body.
 
     * Responses: each ``{"type": "mcp"}`` tool's ``authorization``, for its ``server_url``
-      (and ``server_label``); a tool with no ``server_url`` (a connector) gives a credential
-      known by its label only.
+      (and ``server_label``), with its other ``headers``; a tool with ``headers`` and no
+      ``authorization`` gives its server those headers (:class:`MCPServerHeaders`). A tool
+      naming a ``connector_id`` instead of a ``server_url`` gives a credential bound to that
+      connector (to the URL ``connectors`` maps it to, if any); a tool with neither gives a
+      credential known by its label only.
     * Tool-runtime: a top-level ``authorization``, for ``mcp_endpoint.uri`` when present,
       else the request's unbound ``default`` credential.
 
     ``null`` or ``""`` count as absent. Two tools for the same server with different tokens
-    are refused (``conflicting_credentials``), and so is a tool whose ``headers`` hold an
-    ``Authorization`` (``authorization_in_headers``).
+    (or one header with two values) are refused (``conflicting_credentials``); tools that
+    agree are merged, and so is a tool whose
+    ``headers`` hold an ``Authorization`` (``authorization_in_headers``) unless
+    ``headers_authorization`` accepts it as the tool's token, or a header that may not be
+    sent (``invalid_headers``).
     """
 
     name = _BODY
     needs_body = True
 
-    def read(self, request: SourceRequest) -> list[MCPCredential]:
+    def __init__(
+        self, *, headers_authorization: bool = False, connectors: Mapping[str, str] | None = None
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "headers_authorization": headers_authorization,
+            "connectors": dict(connectors or {}),
+        }
+
+    def read(self, request: SourceRequest) -> list[Entry]:
         decoded = request.decoded
         if decoded is not None:
             tools = enumerate(decoded.tools or ())
-            return read_credentials(tools, decoded.authorization, decoded.mcp_endpoint)
+            return read_credentials(
+                tools, decoded.authorization, decoded.mcp_endpoint, **self._options
+            )
         body = request.body  # a SourceRequest made by hand
         if body is None:
             return []
         return read_credentials(
-            ((tool.position, tool) for tool in body.tools), body.authorization, body.mcp_endpoint
+            ((tool.position, tool) for tool in body.tools),
+            body.authorization,
+            body.mcp_endpoint,
+            **self._options,
         )
