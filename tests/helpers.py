@@ -25,6 +25,7 @@ from mcp_auth_middleware import (
     MCPAuthMiddleware,
     MCPCredential,
     MCPCredentials,
+    MCPCredentialSource,
     current_credentials,
 )
 from mcp_auth_middleware.sources.base import SourceRequest
@@ -43,6 +44,11 @@ TOO_MANY_TOOLS = "too_many_tools"
 INVALID_CONTENT_LENGTH = "invalid_content_length"
 UNSUPPORTED_CONTENT_ENCODING = "unsupported_content_encoding"
 BODY_TOO_LARGE = "body_too_large"
+
+
+#: The ``sources`` setting of a test that runs with and without a custom source
+#: (the ``extra_sources`` fixture).
+Sources = tuple[MCPCredentialSource, ...]
 
 
 class NothingSource:
@@ -117,8 +123,52 @@ def mcp_tool(
     return tool
 
 
-def provider_data(mapping: dict[str, dict[str, str]], **other: Any) -> dict[str, str]:
+def provider_data(mapping: Any, **other: Any) -> dict[str, str]:
+    """The provider-data header whose ``mcp_headers`` is ``mapping`` (other keys beside it)."""
     return {PROVIDER_DATA: json.dumps({"mcp_headers": mapping, **other})}
+
+
+def provider_data_bearer(url: str, token: str, **extra: str) -> dict[str, str]:
+    """The provider-data header with one ``Authorization: Bearer`` credential for ``url``."""
+    return provider_data({url: {"Authorization": f"Bearer {token}", **extra}})
+
+
+def jbody(document: Any) -> bytes:
+    """``document`` as a JSON request body."""
+    return json.dumps(document).encode()
+
+
+def credential(
+    token: str,
+    url: str | None = "https://mcp.example.com/mcp",
+    *,
+    label: str | None = None,
+    source: str = "body",
+    headers: dict[str, str] | None = None,
+) -> MCPCredential:
+    """One credential, as a source makes it (``url=None``: known by its label, or the
+    unbound default)."""
+    return MCPCredential(
+        token=token, server_url=url, server_label=label, source=source, headers=headers
+    )
+
+
+def described(
+    token: str,
+    url: str | None = "https://mcp.example.com/mcp",
+    *,
+    label: str | None = None,
+    source: str = "body",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One credential as :func:`describe` shows it: what a test expects the app to see."""
+    return {
+        "server_url": url,
+        "server_label": label,
+        "source": source,
+        "token": token,
+        "headers": headers or {},
+    }
 
 
 def asgi_scope(
@@ -210,6 +260,7 @@ class ProbeCall:
     """One call of :class:`ASGIProbe`: what the application was handed."""
 
     scope: Scope = field(repr=False)
+    receive: Receive = field(repr=False)
     taken_before: int  # body messages the middleware took from the server before the call
     # Not in the repr, which pytest prints: the body may hold the sentinel.
     messages: list[tuple[bytes, bool]] = field(default_factory=list, repr=False)
@@ -221,8 +272,8 @@ class ProbeCall:
 
 
 class ASGIProbe:
-    """A plain ASGI application that records each call. It reads the whole body unless
-    ``read_body`` is false, then answers 200, or raises ``fail`` if given."""
+    """A plain ASGI application that records each call. On an HTTP scope it reads the whole
+    body unless ``read_body`` is false, then answers 200, or raises ``fail`` if given."""
 
     def __init__(
         self,
@@ -237,9 +288,11 @@ class ASGIProbe:
         self.calls: list[ProbeCall] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call = ProbeCall(scope, -1 if self.wire is None else self.wire.taken)
+        call = ProbeCall(scope, receive, -1 if self.wire is None else self.wire.taken)
         call.fingerprints = sorted(c.fingerprint for c in current_credentials())
         self.calls.append(call)
+        if scope["type"] != "http":
+            return
         while self.read_body:
             message = await receive()
             if message["type"] != "http.request":
@@ -302,12 +355,17 @@ async def run_asgi(
         del scope["http_version"]
     else:
         scope["http_version"] = http_version
+    return await call_asgi(app, scope, wire.receive)
+
+
+async def call_asgi(app: ASGIApp, scope: Scope, receive: Receive) -> Exchange:
+    """Call ``app`` with this very ``scope`` and ``receive``; what it sent back."""
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await app(scope, wire.receive, send)
+    await app(scope, receive, send)
     status = sent[0]["status"] if sent else None
     return Exchange(status, b"".join(m.get("body", b"") for m in sent[1:]))
 

@@ -22,7 +22,7 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, MCPTool, check_token
 from mcp_auth_middleware.sources.body import read_credentials
-from tests.helpers import Recorder, client, make_app, mcp_tool
+from tests.helpers import Recorder, client, described, make_app, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
@@ -42,22 +42,6 @@ async def post(
     return response, recorder
 
 
-def credential(
-    token: str,
-    url: str | None = URL,
-    label: str | None = "srv",
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """One credential as ``describe()`` shows it, from the body source."""
-    return {
-        "server_url": url,
-        "server_label": label,
-        "source": "body",
-        "token": token,
-        "headers": headers or {},
-    }
-
-
 def assert_rejected(response: httpx.Response, recorder: Recorder, code: str, param: str) -> None:
     assert response.status_code == 400
     error = response.json()["error"]
@@ -72,7 +56,7 @@ def assert_rejected(response: httpx.Response, recorder: Recorder, code: str, par
 async def test_mcp_tool_authorization_is_a_credential_for_its_server_url_and_label() -> None:
     response, recorder = await post({"model": "m", "tools": [mcp_tool(URL, "tok-1", "srv")]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-1")]
+    assert recorder.calls[0]["credentials"] == [described("tok-1", URL, label="srv")]
     assert recorder.calls[0]["default"] is None
 
 
@@ -82,7 +66,7 @@ async def test_each_mcp_tool_gives_a_credential_of_its_own() -> None:
     response, recorder = await post({"tools": tools})
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == sorted(
-        [credential("tok-a", URL, "a"), credential("tok-b", OTHER_URL, "b")],
+        [described("tok-a", URL, label="a"), described("tok-b", OTHER_URL, label="b")],
         key=lambda d: json.dumps(d, sort_keys=True),
     )
 
@@ -123,7 +107,7 @@ async def test_bearer_prefix_in_the_body_is_stripped(sent: str, token: str) -> N
     """llama-stack sends ``Bearer <tok>`` in the body: the credential holds the bare token."""
     response, recorder = await post({"tools": [mcp_tool(URL, sent)]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential(token)]
+    assert recorder.calls[0]["credentials"] == [described(token, URL, label="srv")]
 
 
 @pytest.mark.anyio
@@ -173,7 +157,7 @@ async def test_null_or_empty_authorization_counts_as_absent(tool: dict[str, Any]
 async def test_tools_that_are_not_mcp_tools_are_ignored(tool: Any) -> None:
     response, recorder = await post({"tools": [tool, mcp_tool(OTHER_URL, "tok-m", "m")]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-m", OTHER_URL, "m")]
+    assert recorder.calls[0]["credentials"] == [described("tok-m", OTHER_URL, label="m")]
 
 
 @pytest.mark.anyio
@@ -182,7 +166,7 @@ async def test_connector_tool_without_server_url_gives_a_label_only_credential()
     tool["authorization"] = "tok-g"
     response, recorder = await post({"tools": [tool]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-g", None, "gdrive")]
+    assert recorder.calls[0]["credentials"] == [described("tok-g", None, label="gdrive")]
     assert recorder.calls[0]["default"] is None  # a label-only credential is not the default
 
 
@@ -194,7 +178,7 @@ async def test_top_level_authorization_with_mcp_endpoint_is_bound_to_its_uri() -
     body = {"tool_name": "t", "kwargs": {}, "mcp_endpoint": {"uri": URL}, "authorization": "tok-r"}
     response, recorder = await post(body)
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-r", URL, None)]
+    assert recorder.calls[0]["credentials"] == [described("tok-r", URL, label=None)]
     assert recorder.calls[0]["default"] is None
 
 
@@ -213,7 +197,7 @@ async def test_top_level_authorization_without_endpoint_is_the_default(
     response, recorder = await post({"tool_name": "t", "authorization": "Bearer tok-d", **extra})
     assert response.status_code == 200
     assert recorder.calls[0]["default"] == "tok-d"
-    assert recorder.calls[0]["credentials"] == [credential("tok-d", None, None)]
+    assert recorder.calls[0]["credentials"] == [described("tok-d", None, label=None)]
 
 
 @pytest.mark.anyio
@@ -377,7 +361,7 @@ async def test_application_receives_the_very_bytes_that_were_sent() -> None:
     response, recorder = await post(raw)
     assert response.status_code == 200
     assert recorder.calls[0]["body"] == raw
-    assert recorder.calls[0]["credentials"] == [credential("tok-1", URL, "s\u00e9")]
+    assert recorder.calls[0]["credentials"] == [described("tok-1", URL, label="s\u00e9")]
 
 
 # The body's token rule is check_token's, the rule every other source uses.

@@ -6,7 +6,7 @@ first: the middleware sees bytes no HTTP server would let through, and must stil
 Credentials are compared by fingerprint, never by token, so no failure prints a token.
 
 The hypothesis tests at the end run ``MCP_AUTH_FUZZ_EXAMPLES`` examples each (default 100);
-``benchmarks/fuzz_long.py`` runs the same generators for 100,000+ cases.
+``tests/test_fuzz_long.py`` (``slow``) runs the same generators for 200,000 cases.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from mcp_auth_middleware.sources.body import (
 )
 from mcp_auth_middleware.sources.provider_data import RESERVED_HEADERS, ProviderDataSource
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import asgi_scope
+from tests.helpers import asgi_scope, jbody
 
 PD: Final = "X-LlamaStack-Provider-Data"
 URL: Final = "https://mcp.example.com/mcp"
@@ -141,10 +141,6 @@ class Outcome:
         return None if self.error is None else self.error.get("param")
 
 
-def http_scope(headers: Sequence[tuple[bytes, bytes]], method: str = "POST") -> Scope:
-    return asgi_scope(headers, method=method)
-
-
 AUTO: Final = b"<auto>"
 
 
@@ -186,7 +182,7 @@ async def drive(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await mw(http_scope(all_headers), receive, send)
+    await mw(asgi_scope(all_headers), receive, send)
     status = sent[0]["status"] if sent else None
     error = None
     if status is not None and status != 200:
@@ -220,10 +216,6 @@ def tool(
         item["authorization"] = token
     item.update(extra)
     return item
-
-
-def jbody(document: Any) -> bytes:
-    return json.dumps(document).encode()
 
 
 def pd_header(document: Any) -> tuple[bytes, bytes]:
@@ -1142,7 +1134,7 @@ async def test_bearer_prefix_in_odd_cases_and_spacing(
 # application reads: ``json.loads`` and the fields the reference names.
 #
 # The generators make their choices through a ``Chooser``: hypothesis draws in the tests (so
-# failures shrink), a seeded ``random.Random`` in ``benchmarks/fuzz_long.py`` (fast).
+# failures shrink), a seeded ``random.Random`` in ``tests/test_fuzz_long.py`` (fast).
 
 Node = tuple[str, Any]  # ("obj", [(key, Node)]), ("arr", [Node]), ("str", str), ("raw", str)
 
