@@ -184,14 +184,14 @@ REJECTED = {
 async def test_a_rejection_is_an_event_an_attribute_and_a_count_by_code(
     spans: tuple[TracerProvider, InMemorySpanExporter],
     counted: Callable[[], Points],
-    extra_sources: Sources,
+    config: dict[str, Any],
     body: dict[str, Any],
     headers: dict[str, str],
     expected: tuple[str, str | None, str],
 ) -> None:
     provider, exporter = spans
     code, source, param = expected
-    async with client(traced_app(provider, sources=extra_sources)) as c:
+    async with client(traced_app(provider, **config)) as c:
         r = await c.post(PATH, json=body, headers=headers)
     assert r.json()["error"]["code"] == code
     span = server_span(exporter)
