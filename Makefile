@@ -42,7 +42,7 @@ test: lint typecheck unit
 ## The test suite again under Python 3.12 and 3.13, one virtualenv each (.venv-3.12,
 ## .venv-3.13). The interpreters: PYTHON312 / PYTHON313 if given, else python3.12 / python3.13
 ## on PATH, else the newest under pyenv's root. VERSION_TEST_ARGS picks the tests (all of them
-## by default; -m e2e for the end-to-end ones only).
+## by default but the slow ones; -m "e2e and not slow" for the end-to-end ones only).
 EXTRA_VERSIONS := 3.12 3.13
 VERSION_TESTS := $(addprefix test-,$(EXTRA_VERSIONS))
 VERSION_TEST_ARGS ?=

@@ -262,9 +262,14 @@ class ProbeCall:
     scope: Scope = field(repr=False)
     receive: Receive = field(repr=False)
     taken_before: int  # body messages the middleware took from the server before the call
+    credentials: MCPCredentials = field(repr=False)  # in scope when the app was called
     # Not in the repr, which pytest prints: the body may hold the sentinel.
     messages: list[tuple[bytes, bool]] = field(default_factory=list, repr=False)
-    fingerprints: list[str] = field(default_factory=list)  # of the credentials in scope
+
+    @property
+    def fingerprints(self) -> list[str]:
+        """The fingerprints of the credentials in scope, sorted."""
+        return sorted(c.fingerprint for c in self.credentials)
 
     @property
     def body(self) -> bytes:
@@ -288,8 +293,8 @@ class ASGIProbe:
         self.calls: list[ProbeCall] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call = ProbeCall(scope, receive, -1 if self.wire is None else self.wire.taken)
-        call.fingerprints = sorted(c.fingerprint for c in current_credentials())
+        taken = -1 if self.wire is None else self.wire.taken
+        call = ProbeCall(scope, receive, taken, current_credentials())
         self.calls.append(call)
         if scope["type"] != "http":
             return

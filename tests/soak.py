@@ -405,7 +405,7 @@ def gateway(workers: int, log: Path, reuse_sessions: str = "default") -> Iterato
             *("--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2"),
         ]
         with log.open("ab") as out:
-            proc = subprocess.Popen(  # noqa: S603 - our own arguments
+            proc = subprocess.Popen(
                 [sys.executable, "-c", _SHIM, str(os.getpid()), *command[1:]],
                 cwd=ROOT,
                 env=env,
@@ -599,7 +599,7 @@ async def sample_memory(gw: Gateway, stats: Stats, warmup: int, total: int, mem:
 
 
 def _git(*args: str) -> str:
-    done = subprocess.run(  # noqa: S603 - our own arguments
+    done = subprocess.run(
         ["git", *args],  # noqa: S607 - git from PATH
         cwd=ROOT,
         capture_output=True,

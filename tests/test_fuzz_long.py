@@ -23,10 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import structlog
 
 from mcp_auth_middleware import MCPAuthConfig
+from mcp_auth_middleware.errors import INVALID_BODY
+from mcp_auth_middleware.sources.body import JSON_FALLBACK_LIMIT
 from tests.test_hostile import (
     Request,
     Rolled,
@@ -97,8 +100,26 @@ def classify_body(raw: bytes) -> str:
         return "DIFFER: app parses a body the middleware does not read"
     theirs = body_verdict(reference)
     if ours != theirs:
+        if ours == REFUSED_OVER_FALLBACK and _only_json_loads_reads(raw):
+            return "agree: refused, only json.loads reads it and it is over 128 KiB"
         return f"DIFFER: {ours[0]} vs app {theirs[0]}"
     return f"agree: {ours[0]}"
+
+
+#: The documented refusal of a body over ``JSON_FALLBACK_LIMIT`` that msgspec cannot read
+#: (a UTF-16 or UTF-32 one, say): reading it with ``json.loads`` could build every object in
+#: it, so it is refused even where the application would read it.
+REFUSED_OVER_FALLBACK = ("refused", INVALID_BODY, "body")
+
+
+def _only_json_loads_reads(raw: bytes) -> bool:
+    if len(raw) <= JSON_FALLBACK_LIMIT:
+        return False
+    try:
+        msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return True
+    return False
 
 
 def classify_provider_data(value: str) -> str:
