@@ -7,7 +7,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,26 @@ def make_app(config: MCPAuthConfig | None = None, recorder: Recorder | None = No
 
 def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def post_to_app(
+    body: Any,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+    *,
+    config: MCPAuthConfig | None = None,
+) -> tuple[httpx.Response, Recorder]:
+    """POST ``body`` (JSON-encoded unless bytes) with ``headers`` to ``/v1/responses`` of a
+    fresh app; the response and the app's recorder."""
+    recorder = Recorder()
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    given = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    async with client(make_app(config, recorder)) as c:
+        response = await c.post(
+            "/v1/responses",
+            content=content,
+            headers=[("Content-Type", "application/json"), *given],
+        )
+    return response, recorder
 
 
 def mcp_tool(

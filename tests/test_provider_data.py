@@ -9,7 +9,13 @@ import httpx
 import pytest
 
 from mcp_auth_middleware import MCPAuthConfig, ProviderDataMode
-from tests.helpers import PROVIDER_DATA, Recorder, client, described, make_app, mcp_tool
+from tests.helpers import (
+    PROVIDER_DATA,
+    Recorder,
+    described,
+    mcp_tool,
+    post_to_app,
+)
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/sse"
@@ -21,14 +27,8 @@ async def post(
     config: MCPAuthConfig | None = None,
     body: Any = None,
 ) -> tuple[httpx.Response, Recorder]:
-    """POST a JSON body with ``headers`` to a fresh app; the response and its recorder."""
-    recorder = Recorder()
-    app = make_app(config, recorder)
-    async with client(app) as c:
-        response = await c.post(
-            "/v1/responses", json={"model": "m"} if body is None else body, headers=headers
-        )
-    return response, recorder
+    """POST ``body`` (a minimal Responses request by default) with ``headers``."""
+    return await post_to_app({"model": "m"} if body is None else body, headers, config=config)
 
 
 def header(document: Any, name: str = PROVIDER_DATA) -> dict[str, str]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mcp_auth_middleware import MCPAuthConfig
 from mcp_auth_middleware.urls import parse_server_url
-from tests.helpers import Recorder, client, described, make_app, mcp_tool
+from tests.helpers import Recorder, described, mcp_tool, post_to_app
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
@@ -22,11 +22,8 @@ ON = MCPAuthConfig(server_headers=True)
 async def post(
     headers: dict[str, str], body: Any, *, config: MCPAuthConfig | None = ON
 ) -> tuple[httpx.Response, Recorder]:
-    recorder = Recorder()
-    app = make_app(config, recorder)
-    async with client(app) as c:
-        response = await c.post("/v1/responses", json=body, headers=headers)
-    return response, recorder
+    """POST ``body`` with ``headers`` to a fresh app whose per-server headers are on."""
+    return await post_to_app(body, headers, config=config)
 
 
 @pytest.mark.anyio
