@@ -42,7 +42,7 @@ test: lint typecheck unit
 ## The test suite again under Python 3.12 and 3.13, one virtualenv each (.venv-3.12,
 ## .venv-3.13). The interpreters: PYTHON312 / PYTHON313 if given, else python3.12 / python3.13
 ## on PATH, else the newest under pyenv's root. VERSION_TEST_ARGS picks the tests (all of them
-## by default; -m e2e for the end-to-end ones only).
+## by default but the slow ones; -m "e2e and not slow" for the end-to-end ones only).
 EXTRA_VERSIONS := 3.12 3.13
 VERSION_TESTS := $(addprefix test-,$(EXTRA_VERSIONS))
 VERSION_TEST_ARGS ?=
@@ -85,11 +85,16 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
 	$(BIN)/python benchmarks/bench_sessions.py --quick
 
-## The full soak: 10,000 requests from 50 users (body, header, per-server header, 10 %
-## malformed) through the gateway to the real MCP server; then 3,000 under 2 workers.
+## The slow tests, left out of `make test`: the soak (50 users at once through the gateway
+## to a real MCP server: SOAK_REQUESTS requests on one process, then 30 % of that under
+## `uvicorn --workers 2`) and the long fuzz (FUZZ_CASES generated bodies, half as many
+## provider-data values and whole requests). The defaults take about 2 minutes;
+## `make soak SOAK_REQUESTS=10000` is the full soak (about 8 more minutes).
+SOAK_REQUESTS ?= 400
+FUZZ_CASES ?= 100000
 soak: $(STAMP)
-	$(BIN)/python benchmarks/soak.py
-	$(BIN)/python benchmarks/soak.py --workers 2 --requests 3000
+	MCP_AUTH_SOAK_REQUESTS=$(SOAK_REQUESTS) MCP_AUTH_FUZZ_LONG_CASES=$(FUZZ_CASES) \
+		$(BIN)/python -m pytest -m slow --durations=5
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-,$(EXTRA_VERSIONS)) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

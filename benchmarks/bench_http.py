@@ -31,7 +31,7 @@ import common
 from common import KB, RESPONSES_PATH, build_app, responses_body
 
 CONNECTIONS = 32
-APPS = ("bare", "floor", "decode_floor", "ours", "basehttp", "fastapi_bare", "fastapi_dep")
+APPS = ("bare", "floor", "decode_floor", "ours", "basehttp")
 QUICK_APPS = ("bare", "floor", "decode_floor", "ours", "basehttp")
 SERVER_CPU = 0
 CLIENT_CPU = 1
@@ -237,11 +237,6 @@ def run(apps: tuple[str, ...], rounds: int, duration: float) -> dict[str, Any]:
             "rps_ratio": per_round(name, "rps"),
             "p99_ratio": per_round(name, "p99_ms"),
             "cpu_ratio": per_round(name, "cpu_per_request_us"),
-        }
-    if "fastapi_bare" in apps and "fastapi_dep" in apps:
-        results["fastapi_dep_vs_fastapi"] = {
-            key: per_round("fastapi_dep", key, "fastapi_bare")
-            for key in ("rps", "p99_ms", "cpu_per_request_us")
         }
     return results
 

@@ -76,9 +76,6 @@ def suite_small(rounds: int, batch_s: float) -> dict[str, Any]:
                 "bare_audit",
                 "ours_audit",
                 "ours_paths",
-                "fastapi_bare",
-                "fastapi_dep",
-                "fastapi_ours",
             )
         }
         plan = [
@@ -88,9 +85,6 @@ def suite_small(rounds: int, batch_s: float) -> dict[str, Any]:
             ("floor", "floor", cred),
             ("decode_floor", "decode_floor", cred),
             ("basehttp", "basehttp", cred),
-            ("fastapi_bare", "fastapi_bare", cred),
-            ("fastapi_dep", "fastapi_dep", cred),
-            ("fastapi_ours", "fastapi_ours", cred),
             ("bare_audit", "bare_audit", cred),
             ("ours_audit", "ours_audit", cred),
             ("bare@get", "bare", get),
@@ -132,11 +126,6 @@ def suite_small(rounds: int, batch_s: float) -> dict[str, Any]:
             "floor_1k": r("floor", "bare"),
             "decode_floor_1k": r("decode_floor", "bare"),
             "basehttp_1k": r("basehttp", "bare"),
-            "fastapi_bare_1k": r("fastapi_bare", "bare"),
-            "fastapi_dep_1k": r("fastapi_dep", "bare"),
-            "fastapi_ours_1k": r("fastapi_ours", "bare"),
-            "fastapi_dep_vs_fastapi": r("fastapi_dep", "fastapi_bare"),
-            "fastapi_ours_vs_fastapi": r("fastapi_ours", "fastapi_bare"),
             "audit_1k": r("ours_audit", "bare_audit"),
             "get": r("ours@get", "bare@get"),
             "non_json": r("ours@text", "bare@text"),

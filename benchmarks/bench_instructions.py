@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import CASES, HTTPRequest, app_with, build_app
-
-import mcp_auth_middleware
+from common import CASES, HTTPRequest, build_app, ours_with
 
 WARM_UP = 100
 #: The controls, measured on the first case only.
@@ -49,7 +47,7 @@ def plan() -> list[tuple[str, str, HTTPRequest, Callable[[], Any]]]:
         runs.append((case, base, request, partial(build_app, base)))
         if index == 0:
             runs += [(case, name, request, partial(build_app, name)) for name in CONTROLS]
-        runs.append((case, "ours", request, partial(app_with, mcp_auth_middleware, **config)))
+        runs.append((case, "ours", request, partial(ours_with, **config)))
     return runs
 
 

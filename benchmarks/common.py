@@ -18,10 +18,6 @@ on POST, as any JSON endpoint does):
   ``await request.json()``, pick the MCP tools' ``authorization``, scope them in a
   ``ContextVar`` around ``call_next``.
 * ``bare_audit``: bare whose endpoint also emits one structlog event like our audit event.
-* ``fastapi_bare``: a FastAPI endpoint taking a pydantic body model;
-  ``fastapi_dep``: the same plus a dependency that reads the credentials from that parsed
-  model and scopes them; ``fastapi_ours``: ``fastapi_bare`` + ``MCPAuthMiddleware`` and the
-  library's ``MCPCredentialsDep``.
 
 Times are CPU seconds of this process (``time.process_time``): on a shared machine they do
 not count the time another process held the core. Wall times are kept alongside.
@@ -37,17 +33,14 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import msgspec
 import structlog
-from fastapi import Depends, FastAPI
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -56,7 +49,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware import MCPAuthConfig, MCPAuthMiddleware
-from mcp_auth_middleware.fastapi import MCPCredentialsDep
 
 KB: Final = 1024
 MB: Final = 1024 * 1024
@@ -312,7 +304,7 @@ class DecodeFloor(Floor):
 #: What ``DecodeFloor`` scopes.
 decoded: ContextVar[object] = ContextVar("bench_decoded", default=None)
 
-#: What the user-written alternatives scope: server URL -> token.
+#: What the user-written alternative scopes: server URL -> token.
 user_credentials: ContextVar[dict[str, str] | None] = ContextVar("bench_creds", default=None)
 
 
@@ -350,76 +342,12 @@ class BaseHTTPCredentials(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-class Tool(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    server_label: str | None = None
-    server_url: str | None = None
-    authorization: str | None = None
-
-
-class ResponsesBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    input: Any = None
-    tools: list[Tool] = Field(default_factory=list)
-
-
-async def _body_credentials(body: ResponsesBody) -> AsyncIterator[dict[str, str]]:
-    """The FastAPI way: a dependency reading the parsed body model."""
-    found = {
-        tool.server_url: tool.authorization
-        for tool in body.tools
-        if tool.type == "mcp" and tool.authorization and tool.server_url
-    }
-    token = user_credentials.set(found)
-    try:
-        yield found
-    finally:
-        user_credentials.reset(token)
-
-
-def _fastapi(kind: str) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-
-    @app.get("/{path:path}")
-    async def get(path: str) -> Response:
-        return PlainTextResponse("ok")
-
-    if kind == "bare":
-
-        @app.post("/{path:path}")
-        async def post(path: str, body: ResponsesBody) -> Response:
-            return PlainTextResponse("ok")
-
-    elif kind == "dep":
-
-        @app.post("/{path:path}")
-        async def post_dep(
-            path: str,
-            body: ResponsesBody,
-            creds: Annotated[dict[str, str], Depends(_body_credentials)],
-        ) -> Response:
-            return PlainTextResponse("ok")
-
-    else:
-
-        @app.post("/{path:path}")
-        async def post_ours(path: str, body: ResponsesBody, creds: MCPCredentialsDep) -> Response:
-            return PlainTextResponse("ok")
-
-        app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(audit=False, telemetry=False))
-    return app
-
-
 def build_app(name: str) -> ASGIApp:
     """The app under test called ``name`` (see the module docstring)."""
     if name == "bare":
         return _starlette()
     if name == "bare_audit":
         return _starlette(_endpoint_audit)
-    if name.startswith("fastapi_"):
-        return _fastapi(name.removeprefix("fastapi_"))
     app = _starlette()
     if name == "passthrough":
         app.add_middleware(PassThrough)
@@ -443,10 +371,10 @@ def build_app(name: str) -> ASGIApp:
     return app
 
 
-def app_with(package: ModuleType, **config: Any) -> ASGIApp:
-    """A bare app behind ``package``'s middleware (this revision's, or another's)."""
+def ours_with(**config: Any) -> ASGIApp:
+    """A bare app behind ``MCPAuthMiddleware`` with these settings."""
     app = _starlette()
-    app.add_middleware(package.MCPAuthMiddleware, config=package.MCPAuthConfig(**config))
+    app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig(**config))
     return app
 
 
@@ -454,7 +382,7 @@ _PROVIDER_DATA = json.dumps(
     {"mcp_headers": {"https://mcp1.example.com/mcp": {"Authorization": "Bearer tok-pd"}}}
 ).encode()
 
-#: The cases measured one by one (``compare.py``, ``bench_instructions.py``):
+#: The cases ``bench_instructions.py`` counts one by one:
 #: name -> (request, middleware config, the bare app to compare with).
 CASES: dict[str, tuple[HTTPRequest, dict[str, Any], str]] = {
     "1 KB, 1 credential": (

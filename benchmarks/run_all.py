@@ -181,8 +181,21 @@ def _ratio_or_na(value: float) -> str:
 
 
 def rows(results: dict[str, Any]) -> list[Row | str]:
+    """The table: one section per step, in the order they ran."""
+    return [
+        *_small_rows(results["inprocess_small"]),
+        *_tools_rows(results["inprocess_tools"]),
+        *_instruction_rows(results.get("instructions")),
+        *_size_rows(results["inprocess_sizes"]),
+        *_memory_rows(results["memory"]),
+        *_worst_rows(results.get("worst")),
+        *_http_rows(results["http"]),
+    ]
+
+
+def _small_rows(small: dict[str, Any]) -> list[Row | str]:
+    """The 1 KB cases: ours, the floors, the control, BaseHTTPMiddleware."""
     out: list[Row | str] = []
-    small = results["inprocess_small"]
     r, us = small["ratios"], small["per_call_us"]
     out.append(f"In-process ASGI, CPU time, median of {small['rounds']} rounds of per-round ratios")
     ours_extra, decode_extra = r["cred_1k"] - 1, r["decode_floor_1k"] - 1
@@ -242,15 +255,16 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
     for key, label in (
         ("floor_1k", "(floor) buffer + bytes scan + replay, 1 KB / bare"),
         ("decode_floor_1k", "(bound) floor with our decode + a ContextVar, 1 KB / bare"),
-        ("fastapi_bare_1k", "FastAPI, pydantic body model (no creds) / bare"),
-        ("fastapi_dep_1k", "FastAPI, body model + credentials dependency / bare"),
-        ("fastapi_dep_vs_fastapi", "  FastAPI dependency / FastAPI body model"),
-        ("fastapi_ours_vs_fastapi", "  FastAPI + ours (MCPCredentialsDep) / FastAPI body model"),
     ):
         out.append((label, _x(r[key]), "", "info"))
 
+    return out
+
+
+def _tools_rows(tools: dict[str, Any]) -> list[Row | str]:
+    """Cost against the number of MCP tools."""
+    out: list[Row | str] = []
     out.append("Cost vs number of MCP tools (1 KB+ body, audit off unless said)")
-    tools = results["inprocess_tools"]
     for n in ("1", "10", "100", "128"):
         t = tools[n]
         out.append(
@@ -263,9 +277,12 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
             )
         )
 
-    out.extend(_instruction_rows(results.get("instructions")))
+    return out
 
-    sizes = results["inprocess_sizes"]
+
+def _size_rows(sizes: dict[str, Any]) -> list[Row | str]:
+    """Big bodies, one process per app, per glibc malloc setting."""
+    out: list[Row | str] = []
     out.append(
         "Big bodies: ours' extra over bare / the decode floor's extra, one process per app "
         "(page faults/req: bare/decode floor/ours)"
@@ -307,7 +324,12 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                 )
             )
 
-    memory = results["memory"]
+    return out
+
+
+def _memory_rows(memory: dict[str, Any]) -> list[Row | str]:
+    """Peak memory of one 10 MB request."""
+    out: list[Row | str] = []
     body_mb = memory["body_bytes"] / 2**20
     out.append(f"Peak memory of one {body_mb:.0f} MB request, beyond the bare app, per body size")
     for env in ("default", "tuned"):
@@ -336,19 +358,30 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
                     )
                 )
 
-    worst = results.get("worst")
-    if worst is not None:
-        out.append("The worst bodies the default limits admit, wall time holding the event loop")
-        out.append(
-            (
-                "the worst of them",
-                f"{worst['worst_ms']:.1f} ms ({worst['worst']})",
-                "<= 100 ms",
-                _check(worst["worst_ms"], 100.0),
-            )
-        )
+    return out
 
-    http = results["http"]
+
+def _worst_rows(worst: dict[str, Any] | None) -> list[Row | str]:
+    """The worst bodies the default limits admit."""
+    if worst is None:
+        return []
+    out: list[Row | str] = []
+    out.append("The worst bodies the default limits admit, wall time holding the event loop")
+    out.append(
+        (
+            "the worst of them",
+            f"{worst['worst_ms']:.1f} ms ({worst['worst']})",
+            "<= 100 ms",
+            _check(worst["worst_ms"], 100.0),
+        )
+    )
+
+    return out
+
+
+def _http_rows(http: dict[str, Any]) -> list[Row | str]:
+    """Over HTTP: uvicorn against the load generator."""
+    out: list[Row | str] = []
     apps = http["apps"]
     ours, bare = apps["ours"], apps["bare"]
     out.append(
@@ -388,8 +421,6 @@ def rows(results: dict[str, Any]) -> list[Row | str]:
         ("floor", "floor (buffer + bytes scan + replay)"),
         ("decode_floor", "(bound) decode floor"),
         ("basehttp", "BaseHTTPMiddleware"),
-        ("fastapi_bare", "FastAPI body model"),
-        ("fastapi_dep", "FastAPI + credentials dependency"),
     ):
         if name in apps:
             a = apps[name]

@@ -7,7 +7,7 @@
 
 The middleware's settings come from ``MCP_AUTH_*`` (``MCPAuthConfig.from_env()``).
 ``GATEWAY_WORKER_HEADER=1`` adds an ``X-Gateway-Worker: <pid>`` header to every answer, so a
-client can tell which worker process served it (used by ``benchmarks/soak.py``).
+client can tell which worker process served it (used by ``tests/soak.py``).
 ``GATEWAY_REUSE_SESSIONS=1`` / ``0``, when set, is passed on as ``create_app``'s
 ``reuse_sessions`` (MCP session pool on / off); unset, the gateway's default applies.
 """

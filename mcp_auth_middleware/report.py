@@ -260,7 +260,16 @@ def _human_bucket(seconds: int) -> str:
 
 def render(summary: Summary) -> str:
     """The report as text."""
-    legacy = summary.legacy
+    lines = _heading(summary)
+    if not summary.resolved and not summary.rejected:
+        lines.append("no audit events found")
+    else:
+        lines += _tables(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _heading(summary: Summary) -> list[str]:
+    """The totals, the time span and the lines skipped."""
     lines = [
         f"MCP credential audit: credentials resolved: {summary.resolved}, "
         f"requests rejected: {summary.rejected}"
@@ -277,12 +286,15 @@ def render(summary: Summary) -> str:
             if summary.skipped[why]
         )
         lines.append(f"skipped lines: {reasons}")
-    if not summary.resolved and not summary.rejected:
-        lines.append("no audit events found")
-        return "\n".join(lines) + "\n"
+    return lines
+
+
+def _tables(summary: Summary) -> list[str]:
+    """All callers, per caller, per server, who is still on the legacy header, rejections."""
+    legacy = summary.legacy
     sources = summary.sources()
     counts = [*sources, "total", "shadowed", "legacy"]
-    lines += [
+    lines = [
         "",
         f"shadowed: credentials that won over a {legacy} credential sent with them (the",
         "  caller sends both).",
@@ -326,7 +338,7 @@ def render(summary: Summary) -> str:
             for (caller, code), (n, last) in sorted(summary.rejections.items())
         ]
         lines += _table(["caller", "code", "requests", "last seen"], rows)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -- plotting ---------------------------------------------------------------------------
@@ -341,15 +353,27 @@ def plot(summary: Summary, path: Path) -> None:
     on it most recently first."""
     from matplotlib.figure import Figure  # optional: the ``report`` extra
 
-    legacy = summary.legacy
-    buckets = sorted(summary.by_bucket)
-    half = summary.bucket // 2
-    x = [datetime.fromtimestamp(b + half, UTC) for b in buckets]  # bucket middles
-    width = summary.bucket / 86400 * 0.8  # in days, matplotlib's date unit
     figure = Figure(figsize=(12, 7.5), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True)
-    outside = {"loc": "upper left", "bbox_to_anchor": (1.07, 1.0), "fontsize": "small"}
+    _plot_sources(top, summary)
+    _plot_callers(bottom, summary)
+    figure.savefig(path, dpi=100)
 
+
+_OUTSIDE: Final = {"loc": "upper left", "bbox_to_anchor": (1.07, 1.0), "fontsize": "small"}
+
+
+def _middle(summary: Summary, bucket: int) -> datetime:
+    return datetime.fromtimestamp(bucket + summary.bucket // 2, UTC)
+
+
+def _plot_sources(top: Any, summary: Summary) -> None:
+    """Credentials by source per bucket, stacked with the legacy source on top, and the
+    legacy share."""
+    legacy = summary.legacy
+    buckets = sorted(summary.by_bucket)
+    x = [_middle(summary, b) for b in buckets]
+    width = summary.bucket / 86400 * 0.8  # in days, matplotlib's date unit
     base = [0] * len(buckets)
     for source in [s for s in summary.sources() if s != legacy] + [legacy]:
         heights = [summary.by_bucket[b].sources[source] for b in buckets]
@@ -368,8 +392,13 @@ def plot(summary: Summary, path: Path) -> None:
     share.set_ylabel("legacy share (%)")
     handles, labels = top.get_legend_handles_labels()
     more_handles, more_labels = share.get_legend_handles_labels()
-    top.legend(handles + more_handles, labels + more_labels, **outside)
+    top.legend(handles + more_handles, labels + more_labels, **_OUTSIDE)
 
+
+def _plot_callers(bottom: Any, summary: Summary) -> None:
+    """The legacy share of each caller that used the legacy header, the most recently seen
+    there first."""
+    legacy = summary.legacy
     seen: dict[str, list[Any]] = {}  # caller -> [last seen on legacy, credentials]
     for (caller, _), (n, last) in summary.on_legacy.items():
         entry = seen.setdefault(caller, [last, 0])
@@ -378,7 +407,7 @@ def plot(summary: Summary, path: Path) -> None:
     ranked = sorted(seen, key=lambda c: (seen[c][0], seen[c][1]), reverse=True)
     for caller in ranked[:_TOP_CALLERS]:
         points = [
-            (datetime.fromtimestamp(b + half, UTC), 100 * t.legacy_share(legacy))
+            (_middle(summary, b), 100 * t.legacy_share(legacy))
             for (c, b), t in sorted(summary.by_caller.items(), key=lambda i: i[0][1])
             if c == caller
         ]
@@ -388,13 +417,12 @@ def plot(summary: Summary, path: Path) -> None:
         title = f"Legacy share per caller that used {legacy} (%)"
     bottom.set_title(title)
     if ranked:
-        bottom.legend(**outside)
+        bottom.legend(**_OUTSIDE)
     else:
         bottom.text(0.5, 0.5, f"no caller used {legacy}", ha="center", transform=bottom.transAxes)
     bottom.set_ylim(-5, 105)
     bottom.set_ylabel("legacy share (%)")
     bottom.set_xlabel("time (UTC)")
-    figure.savefig(path, dpi=100)
 
 
 # -- command line -----------------------------------------------------------------------

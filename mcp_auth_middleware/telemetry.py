@@ -119,21 +119,20 @@ class Telemetry:
         self._attributes: dict[str, Mapping[str, str]] = {}
 
     def _source(self, name: str) -> Mapping[str, str]:
-        """Metric attributes of a source, built once per source name."""
-        attributes = self._attributes[name] = {SOURCE: name}
+        """The metric attributes of a source."""
+        attributes = self._attributes.get(name)
+        if attributes is None:
+            attributes = self._attributes[name] = {SOURCE: name}
         return attributes
 
     def resolved(self, items: Sequence[Resolved]) -> None:
         """The credentials scoped for this request, each with the sources it shadowed."""
         # Runs on every request that carries a credential, SDK or not: the span event is
         # built only for a span that records.
-        cache = self._attributes
-        count = self._resolved.add
         for cred, shadowed in items:
-            source = cred._source  # the field, not the property: one call less
-            count(1, cache.get(source) or self._source(str(source)))
+            self._resolved.add(1, self._source(str(cred.source)))
             for name in shadowed:
-                self._shadowed.add(1, cache.get(name) or self._source(name))
+                self._shadowed.add(1, self._source(name))
         span = self._current_span()
         if span.is_recording():
             _annotate(span, items)

@@ -7,7 +7,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from mcp_auth_middleware import (
     MCPAuthMiddleware,
     MCPCredential,
     MCPCredentials,
+    MCPCredentialSource,
     current_credentials,
 )
 from mcp_auth_middleware.sources.base import SourceRequest
@@ -54,6 +55,11 @@ TOO_MANY_TOOLS = "too_many_tools"
 INVALID_CONTENT_LENGTH = "invalid_content_length"
 UNSUPPORTED_CONTENT_ENCODING = "unsupported_content_encoding"
 BODY_TOO_LARGE = "body_too_large"
+
+
+#: The ``sources`` setting of a test that runs with and without a custom source
+#: (the ``extra_sources`` fixture).
+Sources = tuple[MCPCredentialSource, ...]
 
 
 class NothingSource:
@@ -118,6 +124,26 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
+async def post_to_app(
+    body: Any,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+    *,
+    config: MCPAuthConfig | None = None,
+) -> tuple[httpx.Response, Recorder]:
+    """POST ``body`` (JSON-encoded unless bytes) with ``headers`` to ``/v1/responses`` of a
+    fresh app; the response and the app's recorder."""
+    recorder = Recorder()
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    given = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    async with client(make_app(config, recorder)) as c:
+        response = await c.post(
+            "/v1/responses",
+            content=content,
+            headers=[("Content-Type", "application/json"), *given],
+        )
+    return response, recorder
+
+
 def mcp_tool(
     url: str = "https://mcp.example.com/mcp", token: Any = "tok", label: str = "srv", **extra: Any
 ) -> dict[str, Any]:
@@ -128,8 +154,52 @@ def mcp_tool(
     return tool
 
 
-def provider_data(mapping: dict[str, dict[str, str]], **other: Any) -> dict[str, str]:
+def provider_data(mapping: Any, **other: Any) -> dict[str, str]:
+    """The provider-data header whose ``mcp_headers`` is ``mapping`` (other keys beside it)."""
     return {PROVIDER_DATA: json.dumps({"mcp_headers": mapping, **other})}
+
+
+def provider_data_bearer(url: str, token: str, **extra: str) -> dict[str, str]:
+    """The provider-data header with one ``Authorization: Bearer`` credential for ``url``."""
+    return provider_data({url: {"Authorization": f"Bearer {token}", **extra}})
+
+
+def jbody(document: Any) -> bytes:
+    """``document`` as a JSON request body."""
+    return json.dumps(document).encode()
+
+
+def credential(
+    token: str,
+    url: str | None = "https://mcp.example.com/mcp",
+    *,
+    label: str | None = None,
+    source: str = "body",
+    headers: dict[str, str] | None = None,
+) -> MCPCredential:
+    """One credential, as a source makes it (``url=None``: known by its label, or the
+    unbound default)."""
+    return MCPCredential(
+        token=token, server_url=url, server_label=label, source=source, headers=headers
+    )
+
+
+def described(
+    token: str,
+    url: str | None = "https://mcp.example.com/mcp",
+    *,
+    label: str | None = None,
+    source: str = "body",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One credential as :func:`describe` shows it: what a test expects the app to see."""
+    return {
+        "server_url": url,
+        "server_label": label,
+        "source": source,
+        "token": token,
+        "headers": headers or {},
+    }
 
 
 def asgi_scope(
@@ -221,10 +291,16 @@ class ProbeCall:
     """One call of :class:`ASGIProbe`: what the application was handed."""
 
     scope: Scope = field(repr=False)
+    receive: Receive = field(repr=False)
     taken_before: int  # body messages the middleware took from the server before the call
+    credentials: MCPCredentials = field(repr=False)  # in scope when the app was called
     # Not in the repr, which pytest prints: the body may hold the sentinel.
     messages: list[tuple[bytes, bool]] = field(default_factory=list, repr=False)
-    fingerprints: list[str] = field(default_factory=list)  # of the credentials in scope
+
+    @property
+    def fingerprints(self) -> list[str]:
+        """The fingerprints of the credentials in scope, sorted."""
+        return sorted(c.fingerprint for c in self.credentials)
 
     @property
     def body(self) -> bytes:
@@ -232,8 +308,8 @@ class ProbeCall:
 
 
 class ASGIProbe:
-    """A plain ASGI application that records each call. It reads the whole body unless
-    ``read_body`` is false, then answers 200, or raises ``fail`` if given."""
+    """A plain ASGI application that records each call. On an HTTP scope it reads the whole
+    body unless ``read_body`` is false, then answers 200, or raises ``fail`` if given."""
 
     def __init__(
         self,
@@ -248,9 +324,11 @@ class ASGIProbe:
         self.calls: list[ProbeCall] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call = ProbeCall(scope, -1 if self.wire is None else self.wire.taken)
-        call.fingerprints = sorted(c.fingerprint for c in current_credentials())
+        taken = -1 if self.wire is None else self.wire.taken
+        call = ProbeCall(scope, receive, taken, current_credentials())
         self.calls.append(call)
+        if scope["type"] != "http":
+            return
         while self.read_body:
             message = await receive()
             if message["type"] != "http.request":
@@ -313,12 +391,17 @@ async def run_asgi(
         del scope["http_version"]
     else:
         scope["http_version"] = http_version
+    return await call_asgi(app, scope, wire.receive)
+
+
+async def call_asgi(app: ASGIApp, scope: Scope, receive: Receive) -> Exchange:
+    """Call ``app`` with this very ``scope`` and ``receive``; what it sent back."""
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await app(scope, wire.receive, send)
+    await app(scope, receive, send)
     status = sent[0]["status"] if sent else None
     return Exchange(status, b"".join(m.get("body", b"") for m in sent[1:]))
 

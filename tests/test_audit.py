@@ -38,7 +38,7 @@ from mcp_auth_middleware.audit import authenticated_user
 from mcp_auth_middleware.credentials import fingerprint
 from tests.helpers import (
     PROVIDER_DATA,
-    NothingSource,
+    Sources,
     client,
     make_app,
     mcp_tool,
@@ -432,15 +432,7 @@ async def test_stdlib_records_carry_the_audit_logger_name_and_levels(
     assert audit[1].levelno >= audit[0].levelno >= logging.INFO
 
 
-# With the body source alone, and with a custom source asked beside it.
-SOURCE_SETS = [
-    pytest.param(MCPAuthConfig(), id="body-only"),
-    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="with-custom-source"),
-]
-
-
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 @pytest.mark.parametrize(
     ("label", "path", "request_id"),
     [
@@ -451,11 +443,15 @@ SOURCE_SETS = [
     ],
 )
 async def test_caller_chosen_fields_are_printable_and_bounded(
-    audit_log: list[dict[str, Any]], config: MCPAuthConfig, label: str, path: str, request_id: str
+    audit_log: list[dict[str, Any]],
+    extra_sources: Sources,
+    label: str,
+    path: str,
+    request_id: str,
 ) -> None:
     """A label, path or request id can carry anything the caller likes: in the event it is
     printable (no line a console renderer could split) and bounded."""
-    app = make_app(config)
+    app = make_app(MCPAuthConfig(sources=extra_sources))
     async with client(app) as c:
         r = await c.post(
             path,
@@ -473,11 +469,10 @@ async def test_caller_chosen_fields_are_printable_and_bounded(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_first_request_id_header_wins_and_is_bounded(
-    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+    audit_log: list[dict[str, Any]], extra_sources: Sources
 ) -> None:
-    app = make_app(config)
+    app = make_app(MCPAuthConfig(sources=extra_sources))
     async with client(app) as c:
         await c.post(
             PATH,
@@ -497,12 +492,11 @@ def test_fingerprint_matches_hashlib_sha256(token: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_each_body_tool_gets_its_own_event(
-    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+    audit_log: list[dict[str, Any]], extra_sources: Sources
 ) -> None:
     """Three body tools for three servers: three events."""
-    app = make_app(config)
+    app = make_app(MCPAuthConfig(sources=extra_sources))
     tokens = {URL: "tok-a", OTHER: "tok-b", THIRD: "tok-c"}
     body = {"tools": [mcp_tool(url, token=tok, label=url[8:13]) for url, tok in tokens.items()]}
     async with client(app) as c:
@@ -566,11 +560,10 @@ def authenticated_app(config: MCPAuthConfig) -> Any:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_the_authenticated_starlette_user_is_the_caller_of_every_event(
-    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+    audit_log: list[dict[str, Any]], extra_sources: Sources
 ) -> None:
-    app = authenticated_app(config)
+    app = authenticated_app(MCPAuthConfig(sources=extra_sources))
     async with client(app) as c:
         two = {"tools": [mcp_tool(URL, token="t1"), mcp_tool(OTHER, token="t2", label="o")]}
         await c.post(PATH, json=two, headers={"X-Api-Key": "key-alice"})
@@ -601,9 +594,8 @@ async def test_authentication_inside_the_middleware_comes_too_late_for_the_calle
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_a_custom_caller_reads_scope_state(
-    audit_log: list[dict[str, Any]], config: MCPAuthConfig
+    audit_log: list[dict[str, Any]], extra_sources: Sources
 ) -> None:
     """Another stack keeps the identity in ``scope["state"]``: a function says where."""
 
@@ -611,7 +603,7 @@ async def test_a_custom_caller_reads_scope_state(
         value = scope.get("state", {}).get("tenant")
         return value if isinstance(value, str) else None
 
-    inner = make_app(config.model_copy(update={"caller": tenant}))
+    inner = make_app(MCPAuthConfig(sources=extra_sources, caller=tenant))
 
     async def set_tenant(scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["tenant"] = "acme"

@@ -16,47 +16,16 @@ from starlette.routing import Route
 
 from mcp_auth_middleware import (
     CredentialRejected,
-    MCPAuthConfig,
     MCPAuthMiddleware,
     MCPCredential,
     current_credentials,
 )
 from mcp_auth_middleware.sources.base import MAX_TOKEN_LENGTH, MCPTool, check_token
 from mcp_auth_middleware.sources.body import read_credentials
-from tests.helpers import Recorder, client, make_app, mcp_tool
+from tests.helpers import Recorder, client, described, mcp_tool, post_to_app
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
-
-
-async def post(
-    body: Any, *, config: MCPAuthConfig | None = None
-) -> tuple[httpx.Response, Recorder]:
-    """POST ``body`` (JSON-encoded unless bytes) to a fresh app; the response and its recorder."""
-    recorder = Recorder()
-    app = make_app(config, recorder)
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with client(app) as c:
-        response = await c.post(
-            "/v1/responses", content=content, headers={"Content-Type": "application/json"}
-        )
-    return response, recorder
-
-
-def credential(
-    token: str,
-    url: str | None = URL,
-    label: str | None = "srv",
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """One credential as ``describe()`` shows it, from the body source."""
-    return {
-        "server_url": url,
-        "server_label": label,
-        "source": "body",
-        "token": token,
-        "headers": headers or {},
-    }
 
 
 def assert_rejected(response: httpx.Response, recorder: Recorder, code: str, param: str) -> None:
@@ -71,19 +40,19 @@ def assert_rejected(response: httpx.Response, recorder: Recorder, code: str, par
 
 @pytest.mark.anyio
 async def test_mcp_tool_authorization_is_a_credential_for_its_server_url_and_label() -> None:
-    response, recorder = await post({"model": "m", "tools": [mcp_tool(URL, "tok-1", "srv")]})
+    response, recorder = await post_to_app({"model": "m", "tools": [mcp_tool(URL, "tok-1", "srv")]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-1")]
+    assert recorder.calls[0]["credentials"] == [described("tok-1", URL, label="srv")]
     assert recorder.calls[0]["default"] is None
 
 
 @pytest.mark.anyio
 async def test_each_mcp_tool_gives_a_credential_of_its_own() -> None:
     tools = [mcp_tool(URL, "tok-a", "a"), mcp_tool(OTHER_URL, "tok-b", "b")]
-    response, recorder = await post({"tools": tools})
+    response, recorder = await post_to_app({"tools": tools})
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == sorted(
-        [credential("tok-a", URL, "a"), credential("tok-b", OTHER_URL, "b")],
+        [described("tok-a", URL, label="a"), described("tok-b", OTHER_URL, label="b")],
         key=lambda d: json.dumps(d, sort_keys=True),
     )
 
@@ -122,15 +91,15 @@ async def test_credential_is_found_by_url_and_by_label_in_the_handler() -> None:
 )
 async def test_bearer_prefix_in_the_body_is_stripped(sent: str, token: str) -> None:
     """llama-stack sends ``Bearer <tok>`` in the body: the credential holds the bare token."""
-    response, recorder = await post({"tools": [mcp_tool(URL, sent)]})
+    response, recorder = await post_to_app({"tools": [mcp_tool(URL, sent)]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential(token)]
+    assert recorder.calls[0]["credentials"] == [described(token, URL, label="srv")]
 
 
 @pytest.mark.anyio
 async def test_bearer_prefix_is_stripped_once_only() -> None:
     """``Bearer Bearer tok`` leaves ``Bearer tok``, which holds a space: refused."""
-    response, recorder = await post({"tools": [mcp_tool(URL, "Bearer Bearer tok-1")]})
+    response, recorder = await post_to_app({"tools": [mcp_tool(URL, "Bearer Bearer tok-1")]})
     assert_rejected(response, recorder, "invalid_authorization", "tools[0].authorization")
 
 
@@ -144,7 +113,7 @@ async def test_bearer_prefix_is_stripped_once_only() -> None:
     ],
 )
 async def test_null_or_empty_authorization_counts_as_absent(tool: dict[str, Any]) -> None:
-    response, recorder = await post({"tools": [tool]})
+    response, recorder = await post_to_app({"tools": [tool]})
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == []
 
@@ -172,18 +141,18 @@ async def test_null_or_empty_authorization_counts_as_absent(tool: dict[str, Any]
     ],
 )
 async def test_tools_that_are_not_mcp_tools_are_ignored(tool: Any) -> None:
-    response, recorder = await post({"tools": [tool, mcp_tool(OTHER_URL, "tok-m", "m")]})
+    response, recorder = await post_to_app({"tools": [tool, mcp_tool(OTHER_URL, "tok-m", "m")]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-m", OTHER_URL, "m")]
+    assert recorder.calls[0]["credentials"] == [described("tok-m", OTHER_URL, label="m")]
 
 
 @pytest.mark.anyio
 async def test_connector_tool_without_server_url_gives_a_label_only_credential() -> None:
     tool = {"type": "mcp", "server_label": "gdrive", "connector_id": "connector_googledrive"}
     tool["authorization"] = "tok-g"
-    response, recorder = await post({"tools": [tool]})
+    response, recorder = await post_to_app({"tools": [tool]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-g", None, "gdrive")]
+    assert recorder.calls[0]["credentials"] == [described("tok-g", None, label="gdrive")]
     assert recorder.calls[0]["default"] is None  # a label-only credential is not the default
 
 
@@ -193,9 +162,9 @@ async def test_connector_tool_without_server_url_gives_a_label_only_credential()
 @pytest.mark.anyio
 async def test_top_level_authorization_with_mcp_endpoint_is_bound_to_its_uri() -> None:
     body = {"tool_name": "t", "kwargs": {}, "mcp_endpoint": {"uri": URL}, "authorization": "tok-r"}
-    response, recorder = await post(body)
+    response, recorder = await post_to_app(body)
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("tok-r", URL, None)]
+    assert recorder.calls[0]["credentials"] == [described("tok-r", URL, label=None)]
     assert recorder.calls[0]["default"] is None
 
 
@@ -211,10 +180,12 @@ async def test_top_level_authorization_with_mcp_endpoint_is_bound_to_its_uri() -
 async def test_top_level_authorization_without_endpoint_is_the_default(
     extra: dict[str, Any],
 ) -> None:
-    response, recorder = await post({"tool_name": "t", "authorization": "Bearer tok-d", **extra})
+    response, recorder = await post_to_app(
+        {"tool_name": "t", "authorization": "Bearer tok-d", **extra}
+    )
     assert response.status_code == 200
     assert recorder.calls[0]["default"] == "tok-d"
-    assert recorder.calls[0]["credentials"] == [credential("tok-d", None, None)]
+    assert recorder.calls[0]["credentials"] == [described("tok-d", None, label=None)]
 
 
 @pytest.mark.anyio
@@ -238,7 +209,7 @@ async def test_default_credential_is_bound_to_no_server() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("value", [None, ""], ids=["null", "empty-string"])
 async def test_null_or_empty_top_level_authorization_counts_as_absent(value: Any) -> None:
-    response, recorder = await post({"authorization": value, "mcp_endpoint": {"uri": URL}})
+    response, recorder = await post_to_app({"authorization": value, "mcp_endpoint": {"uri": URL}})
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == []
     assert recorder.calls[0]["default"] is None
@@ -260,7 +231,7 @@ async def test_null_or_empty_top_level_authorization_counts_as_absent(value: Any
 )
 async def test_same_server_with_different_tokens_is_a_conflict(second_url: str) -> None:
     tools = [mcp_tool(URL, "tok-1", "a"), mcp_tool(second_url, "tok-2", "b")]
-    response, recorder = await post({"tools": tools})
+    response, recorder = await post_to_app({"tools": tools})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "conflicting_credentials"
@@ -273,7 +244,7 @@ async def test_same_server_with_different_tokens_is_a_conflict(second_url: str) 
 @pytest.mark.anyio
 async def test_same_server_with_the_same_token_gives_one_credential() -> None:
     tools = [mcp_tool(URL, "tok-1", "a"), mcp_tool(URL + "/", "Bearer tok-1", "b")]
-    response, recorder = await post({"tools": tools})
+    response, recorder = await post_to_app({"tools": tools})
     assert response.status_code == 200
     creds = recorder.calls[0]["credentials"]
     assert len(creds) == 1
@@ -294,7 +265,7 @@ async def test_urls_differing_in_scheme_port_path_or_query_are_different_servers
     other: str,
 ) -> None:
     tools = [mcp_tool(URL, "tok-1", "a"), mcp_tool(other, "tok-2", "b")]
-    response, recorder = await post({"tools": tools})
+    response, recorder = await post_to_app({"tools": tools})
     assert response.status_code == 200
     assert {c["token"] for c in recorder.calls[0]["credentials"]} == {"tok-1", "tok-2"}
 
@@ -314,7 +285,7 @@ async def test_urls_differing_in_scheme_port_path_or_query_are_different_servers
     ],
 )
 async def test_invalid_server_url_with_a_token_is_refused(url: Any) -> None:
-    response, recorder = await post({"tools": [mcp_tool(URL), mcp_tool(url, "tok-x", "x")]})
+    response, recorder = await post_to_app({"tools": [mcp_tool(URL), mcp_tool(url, "tok-x", "x")]})
     assert_rejected(response, recorder, "invalid_server_url", "tools[1].server_url")
     assert "tok-x" not in response.text
 
@@ -322,14 +293,14 @@ async def test_invalid_server_url_with_a_token_is_refused(url: Any) -> None:
 @pytest.mark.anyio
 async def test_invalid_mcp_endpoint_uri_with_a_token_is_refused() -> None:
     body = {"authorization": "tok-r", "mcp_endpoint": {"uri": "not a url"}}
-    response, recorder = await post(body)
+    response, recorder = await post_to_app(body)
     assert_rejected(response, recorder, "invalid_server_url", "mcp_endpoint.uri")
 
 
 @pytest.mark.anyio
 async def test_invalid_server_url_without_a_token_is_not_judged() -> None:
     """A tool that carries no credential is the application's business."""
-    response, recorder = await post({"tools": [mcp_tool("not a url", ...)]})
+    response, recorder = await post_to_app({"tools": [mcp_tool("not a url", ...)]})
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == []
 
@@ -361,7 +332,7 @@ async def test_invalid_server_url_without_a_token_is_not_judged() -> None:
 )
 async def test_body_that_is_not_ours_to_judge_passes_through_untouched(raw: bytes) -> None:
     """Not JSON, not an object, or ``tools`` not a list: the application answers, same bytes."""
-    response, recorder = await post(raw)
+    response, recorder = await post_to_app(raw)
     assert response.status_code == 200
     assert len(recorder.calls) == 1
     assert recorder.calls[0]["body"] == raw
@@ -375,10 +346,10 @@ async def test_application_receives_the_very_bytes_that_were_sent() -> None:
         b'{ "model" :"m",\n\t"tools":[ {"server_label":"s\\u00e9","type":"mcp",'
         b'"server_url":"https://mcp.example.com/mcp","authorization":"Bearer tok-1"} ] }  '
     )
-    response, recorder = await post(raw)
+    response, recorder = await post_to_app(raw)
     assert response.status_code == 200
     assert recorder.calls[0]["body"] == raw
-    assert recorder.calls[0]["credentials"] == [credential("tok-1", URL, "s\u00e9")]
+    assert recorder.calls[0]["credentials"] == [described("tok-1", URL, label="s\u00e9")]
 
 
 # The body's token rule is check_token's, the rule every other source uses.

@@ -33,14 +33,11 @@ from tests.helpers import (
     ASGIProbe,
     Exchange,
     carries_sentinel,
+    jbody,
     mcp_tool,
     run_asgi,
     smuggling_tool,
 )
-
-
-def jbody(document: Any) -> bytes:
-    return json.dumps(document).encode()
 
 
 async def send(

@@ -10,16 +10,24 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from starlette.types import Message, Receive, Scope, Send
 
 from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
     ProviderDataMode,
-    current_credentials,
 )
 from mcp_auth_middleware.paths import path_matcher
-from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+from tests.helpers import (
+    PROVIDER_DATA,
+    ASGIProbe,
+    Recorder,
+    Wire,
+    asgi_scope,
+    call_asgi,
+    client,
+    make_app,
+    mcp_tool,
+)
 
 URL = "https://mcp.example.com/mcp"
 
@@ -243,43 +251,19 @@ def test_unknown_variable_fails_naming_it(variable: str) -> None:
 # --- enabled=False --------------------------------------------------------------------------
 
 
-class RawApp:
-    """A bare ASGI app that records what it was called with."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Scope, Receive, int]] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls.append((scope, receive, len(current_credentials())))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-
 @pytest.mark.anyio
 async def test_disabled_middleware_hands_over_the_very_scope_and_receive() -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(enabled=False))
     body = json.dumps({"tools": [mcp_tool(URL, "tok", headers={"Authorization": "x"})]}).encode()
-    scope: dict[str, Any] = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/responses",
-        "headers": [(b"content-type", b"application/json")],
-    }
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    assert raw.calls == [(scope, receive, 0)]
-    assert raw.calls[0][0] is scope
-    assert raw.calls[0][1] is receive
-    assert sent[0]["status"] == 200
+    scope = asgi_scope()
+    receive = Wire([body]).receive
+    answer = await call_asgi(app, scope, receive)
+    assert answer.status == 200
+    [call] = raw.calls
+    assert (call.scope, call.receive, call.fingerprints) == (scope, receive, [])
+    assert call.scope is scope
+    assert call.receive is receive
 
 
 @pytest.mark.anyio

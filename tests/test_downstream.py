@@ -14,7 +14,6 @@ import httpx2
 import pytest
 
 from mcp_auth_middleware import (
-    CredentialSource,
     InsecureTransportError,
     MCPBearerAuth,
     MCPCredential,
@@ -22,6 +21,7 @@ from mcp_auth_middleware import (
     mcp_headers,
     use_credentials,
 )
+from tests.helpers import credential
 
 H = "https://mcp.example.com"
 CLIENTS = ["httpx.Client", "httpx.AsyncClient", "httpx2.Client", "httpx2.AsyncClient"]
@@ -61,21 +61,9 @@ async def send(
     return seen
 
 
-def cred(
-    url: str | None,
-    token: str,
-    headers: Mapping[str, str] | None = None,
-    source: CredentialSource = CredentialSource.BODY,
-    label: str | None = None,
-) -> MCPCredential:
-    return MCPCredential(
-        server_url=url, server_label=label, token=token, source=source, headers=headers
-    )
-
-
 def creds(tokens: Mapping[str, str]) -> list[MCPCredential]:
     """One body credential per ``server_url -> token``."""
-    return [cred(url, token) for url, token in tokens.items()]
+    return [credential(token, url) for url, token in tokens.items()]
 
 
 def bearer(token: str | None) -> str | None:
@@ -188,11 +176,12 @@ async def test_outside_any_scope_nothing_is_added(client_kind: str) -> None:
 @pytest.mark.parametrize(
     "unbound",
     [
-        pytest.param([cred(None, "dflt")], id="default-alone"),
+        pytest.param([credential("dflt", None)], id="default-alone"),
         pytest.param(
-            [cred(None, "dflt"), cred("https://other.example.com/mcp", "t")], id="default"
+            [credential("dflt", None), credential("t", "https://other.example.com/mcp")],
+            id="default",
         ),
-        pytest.param([cred(None, "lbl", label="s")], id="label-only"),
+        pytest.param([credential("lbl", None, label="s")], id="label-only"),
     ],
 )
 async def test_a_credential_bound_to_no_server_is_never_sent(
@@ -205,7 +194,7 @@ async def test_a_credential_bound_to_no_server_is_never_sent(
 
 @pytest.mark.anyio
 async def test_the_default_is_sent_once_the_application_binds_it(client_kind: str) -> None:
-    request_creds = MCPCredentials([cred(None, "dflt")])
+    request_creds = MCPCredentials([credential("dflt", None)])
     with use_credentials(request_creds.bind_default(f"{H}/mcp")):
         seen = await send(client_kind, f"{H}/mcp")
         elsewhere = await send(client_kind, "https://other.example.com/mcp")
@@ -218,13 +207,13 @@ async def test_the_default_is_sent_once_the_application_binds_it(client_kind: st
 
 @pytest.mark.anyio
 async def test_extra_headers_of_a_provider_data_credential_go_along(client_kind: str) -> None:
-    pd = cred(
-        f"{H}/mcp",
+    pd = credential(
         "t1",
+        f"{H}/mcp",
         headers={"X-Tenant": "acme", "X-Api-Version": "2"},
-        source=CredentialSource.PROVIDER_DATA,
+        source="provider_data",
     )
-    with use_credentials([pd, cred("https://other.example.com/mcp", "t2")]):
+    with use_credentials([pd, credential("t2", "https://other.example.com/mcp")]):
         seen = await send(client_kind, f"{H}/mcp")
         other = await send(client_kind, "https://other.example.com/mcp")
     assert (seen["authorization"], seen["x-tenant"], seen["x-api-version"]) == (
@@ -258,7 +247,7 @@ SECRET = "s3cr3t-token-never-shown"
 @pytest.mark.anyio
 @pytest.mark.parametrize("url", INSECURE)
 async def test_plain_http_to_a_non_loopback_host_is_refused(client_kind: str, url: str) -> None:
-    with use_credentials([cred(url, SECRET)]), pytest.raises(InsecureTransportError) as info:
+    with use_credentials([credential(SECRET, url)]), pytest.raises(InsecureTransportError) as info:
         await send(client_kind, url)
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value)
@@ -269,7 +258,7 @@ async def test_plain_http_to_a_non_loopback_host_is_refused(client_kind: str, ur
 async def test_plain_http_is_allowed_when_the_network_is_trusted(
     client_kind: str, url: str
 ) -> None:
-    with use_credentials([cred(url, "t1")]):
+    with use_credentials([credential("t1", url)]):
         seen = await send(client_kind, url, auth=MCPBearerAuth(allow_insecure_http=True))
     assert seen["authorization"] == "Bearer t1"
 
@@ -277,7 +266,7 @@ async def test_plain_http_is_allowed_when_the_network_is_trusted(
 @pytest.mark.anyio
 @pytest.mark.parametrize("url", LOOPBACK)
 async def test_plain_http_to_loopback_is_allowed(client_kind: str, url: str) -> None:
-    with use_credentials([cred(url, "t1")]):
+    with use_credentials([credential("t1", url)]):
         seen = await send(client_kind, url)
     assert seen["authorization"] == "Bearer t1"
 
@@ -350,7 +339,7 @@ async def test_fixed_credentials_are_used_instead_of_the_scope(client_kind: str)
 
 def test_mcp_headers_adds_the_credential_and_its_extra_headers() -> None:
     given = {"Accept": "application/json"}
-    pd = cred(f"{H}/mcp", "t1", headers={"X-Tenant": "acme"}, source=CredentialSource.PROVIDER_DATA)
+    pd = credential("t1", f"{H}/mcp", headers={"X-Tenant": "acme"}, source="provider_data")
     with use_credentials([pd]):
         result = mcp_headers(f"{H}/mcp/", given)
     assert result == {
@@ -374,7 +363,7 @@ def test_mcp_headers_refuses_an_authorization_it_was_given(name: str) -> None:
     [
         pytest.param([], id="nothing-in-scope"),
         pytest.param(creds({"https://other.example.com/mcp": "t"}), id="other-server"),
-        pytest.param([cred(None, "dflt")], id="unbound-default"),
+        pytest.param([credential("dflt", None)], id="unbound-default"),
     ],
 )
 def test_mcp_headers_without_a_credential_is_a_copy(in_scope: list[MCPCredential]) -> None:
@@ -387,7 +376,7 @@ def test_mcp_headers_without_a_credential_is_a_copy(in_scope: list[MCPCredential
 
 def test_mcp_headers_refuses_plain_http_to_a_non_loopback_host() -> None:
     url = "http://mcp.example.com/mcp"
-    with use_credentials([cred(url, SECRET)]):
+    with use_credentials([credential(SECRET, url)]):
         with pytest.raises(InsecureTransportError) as info:
             mcp_headers(url)
         assert mcp_headers(url, allow_insecure_http=True) == {"Authorization": f"Bearer {SECRET}"}

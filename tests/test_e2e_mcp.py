@@ -38,7 +38,7 @@ from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
 from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import mcp_tool, provider_data
+from tests.helpers import mcp_tool, provider_data_bearer
 
 pytestmark = pytest.mark.e2e
 
@@ -228,10 +228,6 @@ async def ask(
     return answer
 
 
-def pd_bearer(url: str, token: str) -> dict[str, str]:
-    return provider_data({url: {"Authorization": f"Bearer {token}"}})
-
-
 # --- the tests ----------------------------------------------------------------------------
 
 
@@ -248,7 +244,7 @@ async def test_the_callers_token_reaches_the_mcp_server(
     mcp_http: Upstream, gateway: str, body_token: str | None, provider_token: str | None, user: str
 ) -> None:
     """Whichever carrier brings the token, the MCP server sees that token's user."""
-    headers = None if provider_token is None else pd_bearer(mcp_http.url, provider_token)
+    headers = None if provider_token is None else provider_data_bearer(mcp_http.url, provider_token)
     token: Any = ... if body_token is None else body_token
     answer = await ask(gateway, [mcp_tool(mcp_http.url, token, label="s")], headers)
     assert answer["output"] == [{"type": "mcp_call", "server_label": "s", "output": user}]
@@ -261,7 +257,9 @@ async def test_a_wrong_token_gets_the_mcp_servers_401_and_no_other_token_is_trie
     mcp_http: Upstream, gateway: str
 ) -> None:
     answer = await ask(
-        gateway, [mcp_tool(mcp_http.url, WRONG, label="s")], pd_bearer("https://other/mcp", BOB)
+        gateway,
+        [mcp_tool(mcp_http.url, WRONG, label="s")],
+        provider_data_bearer("https://other/mcp", BOB),
     )
     assert answer["output"] == [
         {"type": "mcp_call", "server_label": "s", "error": {"mcp_status": 401}}

@@ -53,7 +53,7 @@ from tests.helpers import (
     UNSUPPORTED_CONTENT_ENCODING,
     ASGIProbe,
     Exchange,
-    NothingSource,
+    Sources,
     Wire,
     carries_sentinel,
     framing,
@@ -520,15 +520,15 @@ LEADING = [
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("prefix", LEADING)
-@pytest.mark.parametrize("config", [MCPAuthConfig(), MCPAuthConfig(sources=(NothingSource(),))])
 async def test_the_first_byte_is_looked_for_past_any_number_of_skipped_bytes(
-    prefix: list[bytes], config: MCPAuthConfig
+    prefix: list[bytes], extra_sources: Sources
 ) -> None:
     body = json.dumps(smuggling_document()).encode()
     wire = Wire([*prefix, body])
     probe = ASGIProbe(wire)
     size = sum(map(len, prefix)) + len(body)
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(size).encode())]
+    config = MCPAuthConfig(sources=extra_sources)
     answer = await run_asgi(MCPAuthMiddleware(probe, config=config), wire, headers=headers)
     assert (answer.status, answer.code) == (400, AUTHORIZATION_IN_HEADERS)
     assert probe.calls == []

@@ -43,7 +43,7 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import serve
-from tests.test_hostile import http_scope, jbody, tool
+from tests.helpers import asgi_scope, jbody, mcp_tool
 
 TOKEN_A: Final = "fault-caller-a-token-1234567890"
 TOKEN_B: Final = "fault-caller-b-token-0987654321"
@@ -62,11 +62,11 @@ B: Final = [fingerprint(TOKEN_B)]
 
 
 def body_a() -> bytes:
-    return jbody({"tools": [tool(URL_A, TOKEN_A, "a")]})
+    return jbody({"tools": [mcp_tool(URL_A, TOKEN_A, "a")]})
 
 
 def body_b() -> bytes:
-    return jbody({"tools": [tool(URL_B, TOKEN_B, "b")]})
+    return jbody({"tools": [mcp_tool(URL_B, TOKEN_B, "b")]})
 
 
 def leaks(places: dict[str, str], secrets: dict[str, str] | None = None) -> list[str]:
@@ -163,7 +163,7 @@ async def call(
     further ``receive()`` (default: ``http.disconnect``). ``send_fails_after``: the client is
     gone after that many ``send()`` calls (ASGI 2.4: ``send`` raises ``OSError``).
     ``complete=False``: the last chunk says more is coming."""
-    scope = http_scope([(b"content-type", b"application/json")])
+    scope = asgi_scope()
     scope["path"], scope["raw_path"] = path, path.encode()
     scope["asgi"] = {"version": "3.0", "spec_version": spec_version}
     pending = [
@@ -478,7 +478,7 @@ async def test_with_redact_body_a_validation_error_cannot_echo_the_token(redact:
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.post(
             "/v1/responses",
-            content=jbody({"tools": [tool(URL_A, TOKEN_A, "a", extra=1)]}),
+            content=jbody({"tools": [mcp_tool(URL_A, TOKEN_A, "a", extra=1)]}),
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 422
@@ -609,10 +609,10 @@ async def test_a_failing_mcp_server_leaks_nothing_and_the_next_request_is_clean(
     app = gateway()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        body = {"client": client_name, "tools": [tool(url, TOKEN_A, "a")]}
+        body = {"client": client_name, "tools": [mcp_tool(url, TOKEN_A, "a")]}
         first = await client.post("/v1/responses", content=jbody(body))
         assert fingerprints() == []
-        body = {"client": "httpx", "tools": [tool(failing.base + "/500", TOKEN_B, "b")]}
+        body = {"client": "httpx", "tools": [mcp_tool(failing.base + "/500", TOKEN_B, "b")]}
         second = await client.post("/v1/responses", content=jbody(body))
     outcome = first.json()
     assert outcome["seen"] == A

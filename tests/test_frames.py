@@ -188,7 +188,7 @@ class AppFailed(RuntimeError):
 
 CONFIGS = [
     pytest.param(MCPAuthConfig(), id="body-only"),
-    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="general-path"),
+    pytest.param(MCPAuthConfig(sources=(NothingSource(),)), id="with-custom-source"),
     pytest.param(MCPAuthConfig(redact_body=True), id="redact-body"),
 ]
 

@@ -6,7 +6,7 @@ first: the middleware sees bytes no HTTP server would let through, and must stil
 Credentials are compared by fingerprint, never by token, so no failure prints a token.
 
 The hypothesis tests at the end run ``MCP_AUTH_FUZZ_EXAMPLES`` examples each (default 100);
-``benchmarks/fuzz_long.py`` runs the same generators for 100,000+ cases.
+``tests/test_fuzz_long.py`` (``slow``) runs the same generators for 200,000 cases.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
 from mcp_auth_middleware import (
     MCPAuthConfig,
@@ -54,7 +54,7 @@ from mcp_auth_middleware.sources.body import (
 )
 from mcp_auth_middleware.sources.provider_data import RESERVED_HEADERS, ProviderDataSource
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import asgi_scope
+from tests.helpers import ASGIProbe, asgi_scope, jbody
 
 PD: Final = "X-LlamaStack-Provider-Data"
 URL: Final = "https://mcp.example.com/mcp"
@@ -105,26 +105,6 @@ class Seen:
     credentials: frozenset[Cred]
 
 
-class RawApp:
-    """A raw ASGI app that reads its whole body, records what it saw and answers 200."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parts: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        self.seen.append(Seen(b"".join(parts), summarize(current_credentials())))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
 @dataclass
 class Outcome:
     status: int | None  # None: the middleware sent nothing
@@ -142,10 +122,6 @@ class Outcome:
         return None if self.error is None else self.error.get("param")
 
 
-def http_scope(headers: Sequence[tuple[bytes, bytes]], method: str = "POST") -> Scope:
-    return asgi_scope(headers, method=method)
-
-
 AUTO: Final = b"<auto>"
 
 
@@ -155,7 +131,7 @@ async def drive(
     headers: Sequence[tuple[bytes, bytes]] = (),
     config: MCPAuthConfig | None = None,
     content_length: bytes | None = AUTO,
-    app: RawApp | None = None,
+    app: ASGIProbe | None = None,
     middleware: MCPAuthMiddleware | None = None,
 ) -> Outcome:
     """Send ``body`` (one message, or the given chunks) through the middleware, as raw ASGI.
@@ -164,7 +140,7 @@ async def drive(
     else is sent as is (a lie, garbage, ...).
     """
     chunks = [body] if isinstance(body, bytes) else list(body)
-    app = app if app is not None else RawApp()
+    app = app if app is not None else ASGIProbe()
     mw = middleware if middleware is not None else MCPAuthMiddleware(app, config=config)
     all_headers = [(b"content-type", b"application/json"), *headers]
     if content_length is AUTO:
@@ -187,13 +163,14 @@ async def drive(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await mw(http_scope(all_headers), receive, send)
+    await mw(asgi_scope(all_headers), receive, send)
     status = sent[0]["status"] if sent else None
     error = None
     if status is not None and status != 200:
         payload = b"".join(m.get("body", b"") for m in sent[1:])
         error = json.loads(payload)["error"]
-    return Outcome(status, error, app.seen, receives, sent)
+    seen = [Seen(call.body, summarize(call.credentials)) for call in app.calls]
+    return Outcome(status, error, seen, receives, sent)
 
 
 def assert_passed_through(outcome: Outcome, body: bytes, creds: frozenset[Cred]) -> None:
@@ -221,10 +198,6 @@ def tool(
         item["authorization"] = token
     item.update(extra)
     return item
-
-
-def jbody(document: Any) -> bytes:
-    return json.dumps(document).encode()
 
 
 def pd_header(document: Any) -> tuple[bytes, bytes]:
@@ -470,15 +443,14 @@ async def test_default_limit_is_16_mib_exactly(
 async def test_long_server_urls_are_not_kept_after_their_requests() -> None:
     """Memory held after requests complete does not grow with the URLs callers sent.
 
-    64 requests, each with its own 256 KiB server URL (well within the body limit), must not
-    leave 16 MiB behind. LIBRARY BUG at the time of writing: ``urls.parse_server_url`` is an
-    ``lru_cache(maxsize=4096)`` keyed by the caller's URL, so 4,096 requests with 16 MiB URLs
-    would pin ~128 GiB.
+    64 requests, each with its own 256 KiB server URL (well within the body limit), leave
+    nothing behind: server URLs over 2 KiB are refused, and the cache of parsed URLs, keyed
+    by the caller's URL, is bounded.
     """
-    app = RawApp()
+    app = ASGIProbe()
     mw = MCPAuthMiddleware(app, config=MCPAuthConfig(audit=False))
     await drive(jbody({"tools": [tool()]}), middleware=mw, app=app)  # warm up
-    app.seen.clear()
+    app.calls.clear()
     gc.collect()
     tracemalloc.start()
     try:
@@ -486,7 +458,7 @@ async def test_long_server_urls_are_not_kept_after_their_requests() -> None:
         for i in range(64):
             url = f"https://mcp.example.com/{i}/" + "a" * (256 * 1024)
             await drive(jbody({"tools": [tool(url)]}), middleware=mw, app=app)
-            app.seen.clear()
+            app.calls.clear()
         gc.collect()
         retained = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -1143,7 +1115,7 @@ async def test_bearer_prefix_in_odd_cases_and_spacing(
 # application reads: ``json.loads`` and the fields the reference names.
 #
 # The generators make their choices through a ``Chooser``: hypothesis draws in the tests (so
-# failures shrink), a seeded ``random.Random`` in ``benchmarks/fuzz_long.py`` (fast).
+# failures shrink), a seeded ``random.Random`` in ``tests/test_fuzz_long.py`` (fast).
 
 Node = tuple[str, Any]  # ("obj", [(key, Node)]), ("arr", [Node]), ("str", str), ("raw", str)
 

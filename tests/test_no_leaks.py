@@ -48,7 +48,7 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.credentials import InvalidCredential
 from mcp_auth_middleware.sources import parse_token
-from tests.helpers import PROVIDER_DATA, asgi_scope, mcp_tool
+from tests.helpers import PROVIDER_DATA, asgi_scope, mcp_tool, provider_data
 
 SECRET_PART = secrets.token_hex(16)
 SENTINEL = "SENTINEL-" + SECRET_PART
@@ -277,11 +277,9 @@ class Case:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
 
 
-def pd(mapping: dict[str, Any]) -> dict[str, str]:
-    return {PROVIDER_DATA: json.dumps({"mcp_headers": mapping, "other_provider": {"k": 1}})}
-
-
 S = SENTINEL
+# Another provider's keys beside ``mcp_headers``, which the middleware leaves alone.
+OTHER_PROVIDER: dict[str, Any] = {"other_provider": {"k": 1}}
 BEARER = "Bearer " + S
 TOOL = {"tools": [mcp_tool(URL, token=None, label="srv")]}
 SERVER_HEADERS = MCPAuthConfig(server_headers=True)
@@ -294,8 +292,10 @@ ACCEPTED = {
     ),
     "tool-runtime-default": Case({"authorization": S, "tool_name": "t", "kwargs": {}}),
     "tool-runtime-endpoint": Case({"authorization": BEARER, "mcp_endpoint": {"uri": URL}}),
-    "provider-data": Case(TOOL, pd({URL: {"Authorization": BEARER}})),
-    "provider-data-extra-header": Case({}, pd({URL: {"authorization": BEARER, "X-Api-Key": S}})),
+    "provider-data": Case(TOOL, provider_data({URL: {"Authorization": BEARER}}, **OTHER_PROVIDER)),
+    "provider-data-extra-header": Case(
+        {}, provider_data({URL: {"authorization": BEARER, "X-Api-Key": S}}, **OTHER_PROVIDER)
+    ),
     "provider-data-renamed-header": Case(
         {},
         {"X-OGX-Provider-Data": json.dumps({"mcp_headers": {URL: {"Authorization": BEARER}}})},
@@ -306,11 +306,12 @@ ACCEPTED = {
         {}, {"X-MCP-nolabel-Authorization": BEARER}, SERVER_HEADERS
     ),
     "body-shadows-provider-data": Case(
-        {"tools": [mcp_tool(URL, token=S)]}, pd({URL: {"Authorization": BEARER}})
+        {"tools": [mcp_tool(URL, token=S)]},
+        provider_data({URL: {"Authorization": BEARER}}, **OTHER_PROVIDER),
     ),
     "shadowed-in-provider-data": Case(
         {"tools": [mcp_tool(URL, token="winner-token")]},
-        pd({URL: {"Authorization": BEARER}}),
+        provider_data({URL: {"Authorization": BEARER}}, **OTHER_PROVIDER),
         in_scope=False,
     ),
     "shadowed-in-server-header": Case(
@@ -321,13 +322,13 @@ ACCEPTED = {
     ),
     "shadowed-in-body": Case(
         {"tools": [mcp_tool(URL, token=S)]},
-        pd({URL: {"Authorization": "Bearer winner-token"}}),
+        provider_data({URL: {"Authorization": "Bearer winner-token"}}, **OTHER_PROVIDER),
         MCPAuthConfig(precedence=("provider_data", "body")),
         in_scope=False,
     ),
     "provider-data-ignored": Case(
         {},
-        pd({URL: {"Authorization": BEARER}}),
+        provider_data({URL: {"Authorization": BEARER}}, **OTHER_PROVIDER),
         MCPAuthConfig(provider_data=ProviderDataMode.IGNORE),
         in_scope=False,
     ),
@@ -396,23 +397,38 @@ REJECTED = {
         code="invalid_provider_data",
     ),
     "provider-data-relative-url": Case(
-        {}, pd({"/mcp": {"Authorization": BEARER}}), status=400, code="invalid_provider_data"
+        {},
+        provider_data({"/mcp": {"Authorization": BEARER}}, **OTHER_PROVIDER),
+        status=400,
+        code="invalid_provider_data",
     ),
     "provider-data-value-not-string": Case(
-        {}, pd({URL: {"Authorization": [BEARER]}}), status=400, code="invalid_provider_data"
+        {},
+        provider_data({URL: {"Authorization": [BEARER]}}, **OTHER_PROVIDER),
+        status=400,
+        code="invalid_provider_data",
     ),
     "provider-data-not-bearer": Case(
-        {}, pd({URL: {"Authorization": "Basic " + S}}), status=400, code="invalid_authorization"
+        {},
+        provider_data({URL: {"Authorization": "Basic " + S}}, **OTHER_PROVIDER),
+        status=400,
+        code="invalid_authorization",
     ),
     "provider-data-bare-token": Case(
-        {}, pd({URL: {"Authorization": S}}), status=400, code="invalid_authorization"
+        {},
+        provider_data({URL: {"Authorization": S}}, **OTHER_PROVIDER),
+        status=400,
+        code="invalid_authorization",
     ),
     "provider-data-token-with-space": Case(
-        {}, pd({URL: {"Authorization": BEARER + " x"}}), status=400, code="invalid_authorization"
+        {},
+        provider_data({URL: {"Authorization": BEARER + " x"}}, **OTHER_PROVIDER),
+        status=400,
+        code="invalid_authorization",
     ),
     "provider-data-rejected": Case(
         {},
-        pd({URL: {"Authorization": BEARER}}),
+        provider_data({URL: {"Authorization": BEARER}}, **OTHER_PROVIDER),
         MCPAuthConfig(provider_data=ProviderDataMode.REJECT),
         status=400,
         code="authorization_in_provider_data",
@@ -493,7 +509,7 @@ async def test_app_raising_leaks_nothing(
         "content-type": "application/json",
         "accept": accept,
         "X-MCP-o-Authorization": BEARER,
-        **pd({URL: {"Authorization": BEARER, "X-Api-Key": S}}),
+        **provider_data({URL: {"Authorization": BEARER, "X-Api-Key": S}}, **OTHER_PROVIDER),
     }
     body = {"tools": [mcp_tool(URL, token=S), mcp_tool(OTHER, token=None, label="o")]}
     exchange = await drive(app, haystack, headers=headers, body=json.dumps(body).encode())

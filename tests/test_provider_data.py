@@ -9,7 +9,13 @@ import httpx
 import pytest
 
 from mcp_auth_middleware import MCPAuthConfig, ProviderDataMode
-from tests.helpers import PROVIDER_DATA, Recorder, client, make_app, mcp_tool
+from tests.helpers import (
+    PROVIDER_DATA,
+    Recorder,
+    described,
+    mcp_tool,
+    post_to_app,
+)
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/sse"
@@ -21,28 +27,12 @@ async def post(
     config: MCPAuthConfig | None = None,
     body: Any = None,
 ) -> tuple[httpx.Response, Recorder]:
-    """POST a JSON body with ``headers`` to a fresh app; the response and its recorder."""
-    recorder = Recorder()
-    app = make_app(config, recorder)
-    async with client(app) as c:
-        response = await c.post(
-            "/v1/responses", json={"model": "m"} if body is None else body, headers=headers
-        )
-    return response, recorder
+    """POST ``body`` (a minimal Responses request by default) with ``headers``."""
+    return await post_to_app({"model": "m"} if body is None else body, headers, config=config)
 
 
 def header(document: Any, name: str = PROVIDER_DATA) -> dict[str, str]:
     return {name: document if isinstance(document, str) else json.dumps(document)}
-
-
-def credential(token: str, url: str = URL, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "server_url": url,
-        "server_label": None,
-        "source": "provider_data",
-        "token": token,
-        "headers": headers or {},
-    }
 
 
 def assert_rejected(
@@ -58,7 +48,7 @@ def assert_rejected(
 async def test_authorization_entry_gives_a_credential_for_that_url() -> None:
     response, recorder = await post(header({"mcp_headers": {URL: {"Authorization": "Bearer t1"}}}))
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
     assert recorder.calls[0]["default"] is None
 
 
@@ -82,7 +72,7 @@ async def test_header_name_is_matched_case_insensitively(name: str) -> None:
     document = {"mcp_headers": {URL: {"Authorization": "Bearer t1"}}}
     response, recorder = await post(header(document, name))
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
 
 
 @pytest.mark.anyio
@@ -92,7 +82,7 @@ async def test_header_name_is_configurable() -> None:
     document = {"mcp_headers": {URL: {"Authorization": "Bearer t1"}}}
     response, recorder = await post(header(document, "x-ogx-provider-data"), config=config)
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
 
 
 @pytest.mark.anyio
@@ -117,7 +107,7 @@ async def test_errors_name_the_configured_header() -> None:
 async def test_authorization_entry_name_is_matched_in_any_case(name: str) -> None:
     response, recorder = await post(header({"mcp_headers": {URL: {name: "Bearer t1"}}}))
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
 
 
 @pytest.mark.anyio
@@ -127,7 +117,7 @@ async def test_bearer_scheme_is_matched_in_any_case(scheme: str) -> None:
         header({"mcp_headers": {URL: {"Authorization": f"{scheme} t1"}}})
     )
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
 
 
 @pytest.mark.anyio
@@ -136,7 +126,7 @@ async def test_other_entries_become_the_credentials_headers() -> None:
     response, recorder = await post(header({"mcp_headers": {URL: entries}}))
     assert response.status_code == 200
     assert recorder.calls[0]["credentials"] == [
-        credential("t1", headers={"X-Tenant": "acme", "X-Trace": "a b\tc"})
+        described("t1", source="provider_data", headers={"X-Tenant": "acme", "X-Trace": "a b\tc"})
     ]
 
 
@@ -153,7 +143,7 @@ async def test_other_top_level_keys_are_left_alone(other: dict[str, Any]) -> Non
     document = {"mcp_headers": {URL: {"Authorization": "Bearer t1"}}, **other}
     response, recorder = await post(header(document))
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("t1")]
+    assert recorder.calls[0]["credentials"] == [described("t1", source="provider_data")]
 
 
 @pytest.mark.anyio

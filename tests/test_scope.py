@@ -23,16 +23,14 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_auth_middleware import (
-    CredentialSource,
     MCPAuthConfig,
     MCPAuthMiddleware,
-    MCPCredential,
     MCPCredentials,
     current_credentials,
     use_credentials,
 )
 from mcp_auth_middleware.testing import serve
-from tests.helpers import asgi_scope, client, mcp_tool
+from tests.helpers import asgi_scope, client, credential, mcp_tool
 
 URL = "https://mcp.example.com/mcp"
 PATH = "/v1/responses"
@@ -54,10 +52,6 @@ def app_with(endpoint: Endpoint) -> Starlette:
     app = Starlette(routes=[Route(PATH, endpoint, methods=["POST"])])
     app.add_middleware(MCPAuthMiddleware, config=MCPAuthConfig())
     return app
-
-
-def credential(token: str, url: str = URL) -> MCPCredential:
-    return MCPCredential(token=token, source=CredentialSource.BODY, server_url=url)
 
 
 # -- where the credentials are visible -----------------------------------------------------
@@ -250,17 +244,6 @@ async def test_a_task_spawned_by_the_request_loses_its_credentials_when_the_requ
 # -- reset when the request ends -------------------------------------------------------------
 
 
-def http_scope(body: bytes) -> Scope:
-    return asgi_scope(
-        [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        path=PATH,
-    )
-
-
 def driver(body: bytes) -> tuple[Receive, Send, list[Message]]:
     sent: list[Message] = []
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -289,7 +272,7 @@ async def test_reset_in_the_callers_context_after_the_app_returns() -> None:
         await PlainTextResponse("ok")(scope, receive, send)
 
     receive, send, sent = driver(BODY)
-    await MCPAuthMiddleware(app)(http_scope(BODY), receive, send)
+    await MCPAuthMiddleware(app)(asgi_scope(path=PATH), receive, send)
     assert seen == [["tok-raw"]]
     assert sent[0]["status"] == 200
     assert tokens_in_scope() == []
@@ -306,7 +289,7 @@ async def test_reset_in_the_callers_context_after_the_app_raises() -> None:
 
     receive, send, _ = driver(BODY)
     with pytest.raises(RuntimeError, match="handler failed"):
-        await MCPAuthMiddleware(app)(http_scope(BODY), receive, send)
+        await MCPAuthMiddleware(app)(asgi_scope(path=PATH), receive, send)
     assert seen == [["tok-raw"]]
     assert len(current_credentials()) == 0
 
@@ -343,7 +326,7 @@ async def test_reset_after_the_app_is_cancelled() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop)
-            await MCPAuthMiddleware(app)(http_scope(BODY), receive, send)
+            await MCPAuthMiddleware(app)(asgi_scope(path=PATH), receive, send)
     assert cancel.cancelled_caught
     assert len(current_credentials()) == 0
 

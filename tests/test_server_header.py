@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mcp_auth_middleware import MCPAuthConfig
 from mcp_auth_middleware.urls import parse_server_url
-from tests.helpers import Recorder, client, make_app, mcp_tool
+from tests.helpers import Recorder, described, mcp_tool, post_to_app
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
@@ -22,21 +22,8 @@ ON = MCPAuthConfig(server_headers=True)
 async def post(
     headers: dict[str, str], body: Any, *, config: MCPAuthConfig | None = ON
 ) -> tuple[httpx.Response, Recorder]:
-    recorder = Recorder()
-    app = make_app(config, recorder)
-    async with client(app) as c:
-        response = await c.post("/v1/responses", json=body, headers=headers)
-    return response, recorder
-
-
-def credential(token: str, url: str | None, label: str | None) -> dict[str, Any]:
-    return {
-        "server_url": url,
-        "server_label": label,
-        "source": "server_header",
-        "token": token,
-        "headers": {},
-    }
+    """POST ``body`` with ``headers`` to a fresh app whose per-server headers are on."""
+    return await post_to_app(body, headers, config=config)
 
 
 @pytest.mark.anyio
@@ -63,7 +50,9 @@ async def test_header_is_bound_to_the_url_of_the_tool_with_that_label() -> None:
     tools = [mcp_tool(OTHER_URL, ..., "other"), mcp_tool(URL, ..., "srv")]
     response, recorder = await post({"X-MCP-srv-Authorization": "Bearer h1"}, {"tools": tools})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("h1", URL, "srv")]
+    assert recorder.calls[0]["credentials"] == [
+        described("h1", URL, label="srv", source="server_header")
+    ]
 
 
 @pytest.mark.anyio
@@ -80,7 +69,9 @@ async def test_label_is_matched_case_insensitively(header_label: str, tool_label
     headers = {f"X-MCP-{header_label}-Authorization": "Bearer h1"}
     response, recorder = await post(headers, {"tools": [mcp_tool(URL, ..., tool_label)]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("h1", URL, tool_label)]
+    assert recorder.calls[0]["credentials"] == [
+        described("h1", URL, label=tool_label, source="server_header")
+    ]
 
 
 @pytest.mark.anyio
@@ -88,7 +79,9 @@ async def test_header_name_itself_is_case_insensitive() -> None:
     headers = {"x-mcp-srv-authorization": "bearer h1"}
     response, recorder = await post(headers, {"tools": [mcp_tool(URL, ..., "srv")]})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("h1", URL, "srv")]
+    assert recorder.calls[0]["credentials"] == [
+        described("h1", URL, label="srv", source="server_header")
+    ]
 
 
 @pytest.mark.anyio
@@ -171,7 +164,9 @@ async def test_two_labels_of_one_server_with_the_same_token_give_one_credential(
     headers = {"X-MCP-a-Authorization": "Bearer same", "X-MCP-b-Authorization": "Bearer same"}
     response, recorder = await post(headers, {"tools": tools})
     assert response.status_code == 200
-    assert recorder.calls[0]["credentials"] == [credential("same", URL, "a")]
+    assert recorder.calls[0]["credentials"] == [
+        described("same", URL, label="a", source="server_header")
+    ]
 
 
 # Equivalent and distinct spellings of two servers, to let generated labels collide.

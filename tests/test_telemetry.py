@@ -42,17 +42,12 @@ from mcp_auth_middleware.telemetry import (
     UPSTREAM_REFUSAL_EVENT,
     UPSTREAM_REFUSALS,
 )
-from tests.helpers import NothingSource, client, make_app, mcp_tool, provider_data, run_python
+from tests.helpers import Sources, client, make_app, mcp_tool, provider_data, run_python
 
 URL = "https://mcp.example.com/mcp"
 OTHER = "https://other.example.com/mcp"
 PATH = "/v1/responses"
 SECRET = "otel-sentinel-token-5c1f"
-
-SOURCE_SETS = [
-    pytest.param({}, id="body-only"),
-    pytest.param({"sources": (NothingSource(),)}, id="with-custom-source"),
-]
 
 Points = Counter[tuple[str, frozenset[tuple[str, Any]]]]
 
@@ -120,11 +115,10 @@ def everything_exported(exporter: InMemorySpanExporter, reader: InMemoryMetricRe
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_each_credential_is_an_event_on_the_server_span(
     spans: tuple[TracerProvider, InMemorySpanExporter],
     counted: Callable[[], Points],
-    config: dict[str, Any],
+    extra_sources: Sources,
 ) -> None:
     """Body for one server, both carriers for another (the header shadowed), the legacy
     header alone for a third: three events on the span the request ran in, and counters by
@@ -141,7 +135,7 @@ async def test_each_credential_is_an_event_on_the_server_span(
     headers = provider_data(
         {OTHER: {"Authorization": "Bearer old-b"}, third: {"Authorization": "Bearer tok-c"}}
     )
-    async with client(traced_app(provider, **config)) as c:
+    async with client(traced_app(provider, sources=extra_sources)) as c:
         r = await c.post(PATH, json=body, headers=headers)
     assert r.status_code == 200
     span = server_span(exporter)
@@ -222,14 +216,13 @@ async def test_a_rejection_is_an_event_an_attribute_and_a_count_by_code(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("config", SOURCE_SETS)
 async def test_telemetry_off_records_nothing(
     spans: tuple[TracerProvider, InMemorySpanExporter],
     counted: Callable[[], Points],
-    config: dict[str, Any],
+    extra_sources: Sources,
 ) -> None:
     provider, exporter = spans
-    async with client(traced_app(provider, telemetry=False, **config)) as c:
+    async with client(traced_app(provider, telemetry=False, sources=extra_sources)) as c:
         ok = await c.post(PATH, json={"tools": [mcp_tool(URL)]})
         bad = await c.post(PATH, json={"tools": [mcp_tool(URL, token="a b")]})
     assert (ok.status_code, bad.status_code) == (200, 400)

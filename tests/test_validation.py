@@ -7,20 +7,30 @@ goes to the application unbuffered.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from starlette.types import Message, Receive, Scope, Send
 
 from mcp_auth_middleware import (
     MCPAuthConfig,
     MCPAuthMiddleware,
     ProviderDataMode,
-    current_credentials,
 )
-from tests.helpers import PROVIDER_DATA, Recorder, asgi_scope, client, make_app, mcp_tool
+from mcp_auth_middleware.credentials import fingerprint
+from tests.helpers import (
+    PROVIDER_DATA,
+    ASGIProbe,
+    Recorder,
+    Wire,
+    asgi_scope,
+    call_asgi,
+    client,
+    make_app,
+    mcp_tool,
+    provider_data,
+    run_asgi,
+)
 
 URL = "https://mcp.example.com/mcp"
 OTHER_URL = "https://other.example.com/mcp"
@@ -41,10 +51,6 @@ class Case:
 
 def tools_body(*tools: dict[str, Any]) -> dict[str, Any]:
     return {"model": "m", "input": "hi", "tools": list(tools)}
-
-
-def pd(entries: Any, **other: Any) -> dict[str, str]:
-    return {PROVIDER_DATA: json.dumps({"mcp_headers": entries, **other})}
 
 
 # Values of ``authorization`` that are refused wherever they appear.
@@ -224,7 +230,7 @@ CASES: list[Any] = [
                 {"model": "m"},
                 "invalid_authorization",
                 PROVIDER_DATA,
-                headers=pd({URL: {"Authorization": value}}),
+                headers=provider_data({URL: {"Authorization": value}}),
             ),
             id=f"invalid_authorization-provider-data-{name}",
         )
@@ -243,7 +249,7 @@ CASES: list[Any] = [
             {"model": "m"},
             "authorization_in_provider_data",
             PROVIDER_DATA,
-            headers=pd({URL: {"Authorization": "Bearer " + SECRET}}),
+            headers=provider_data({URL: {"Authorization": "Bearer " + SECRET}}),
             config=MCPAuthConfig(provider_data=ProviderDataMode.REJECT),
         ),
         id="authorization_in_provider_data",
@@ -327,99 +333,42 @@ async def test_other_tool_headers_are_not_refused(name: str) -> None:
 # --- driving the ASGI app by hand -----------------------------------------------------------
 
 
-class RawApp:
-    """A bare ASGI app that records the objects it was called with and drains the body."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call: dict[str, Any] = {"scope": scope, "receive": receive}
-        self.calls.append(call)
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        call["body"] = body
-        call["credentials"] = [c.token.get_secret_value() for c in current_credentials()]
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
-def http_scope(
-    method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
-) -> dict[str, Any]:
-    if headers is None:
-        return asgi_scope(method=method)
-    return asgi_scope(headers, method=method)
-
-
-def chunked(*chunks: bytes) -> Callable[[], Awaitable[Message]]:
-    """A server ``receive`` that yields ``chunks`` as separate ``http.request`` messages."""
-    pending = list(chunks)
-
-    async def receive() -> Message:
-        if not pending:
-            return {"type": "http.disconnect"}
-        body = pending.pop(0)
-        return {"type": "http.request", "body": body, "more_body": bool(pending)}
-
-    return receive
-
-
-async def run(
-    app: Any, scope: dict[str, Any], receive: Callable[[], Awaitable[Message]]
-) -> list[Message]:
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
-
-
 def bad_body() -> bytes:
     return json.dumps(tools_body(mcp_tool(URL, SECRET + " not a token"))).encode()
 
 
 @pytest.mark.anyio
 async def test_chunked_body_over_the_limit_without_content_length_is_refused() -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=100))
-    receive = chunked(b"{" + b" " * 39, b" " * 40, b" " * 39 + b"}")
-    sent = await run(app, http_scope(), receive)
-    assert sent[0]["status"] == 413
-    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
-    assert (error["code"], error["type"]) == ("body_too_large", "invalid_request_error")
+    answer = await run_asgi(app, [b"{" + b" " * 39, b" " * 40, b" " * 39 + b"}"])
+    assert answer.status == 413
+    assert answer.error is not None
+    assert (answer.code, answer.error["type"]) == ("body_too_large", "invalid_request_error")
     assert raw.calls == []
 
 
 @pytest.mark.anyio
 async def test_chunked_body_that_outgrows_a_small_content_length_is_refused() -> None:
     """The cap counts the bytes that arrive, not the bytes announced."""
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=100))
     headers = [(b"content-type", b"application/json"), (b"content-length", b"10")]
-    sent = await run(app, http_scope(headers=headers), chunked(b"{" + b" " * 79, b" " * 79 + b"}"))
-    assert sent[0]["status"] == 413
+    answer = await run_asgi(app, [b"{" + b" " * 79, b" " * 79 + b"}"], headers=headers)
+    assert answer.status == 413
     assert raw.calls == []
 
 
 @pytest.mark.anyio
 async def test_chunked_body_under_the_limit_is_read_and_replayed_whole() -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(max_body_bytes=1000))
     body = json.dumps(tools_body(mcp_tool(URL, "Bearer tok-chunked"))).encode()
     chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
-    sent = await run(app, http_scope(), chunked(*chunks))
-    assert sent[0]["status"] == 200
-    assert raw.calls[0]["body"] == body
-    assert raw.calls[0]["credentials"] == ["tok-chunked"]
+    answer = await run_asgi(app, chunks)
+    assert answer.status == 200
+    assert raw.calls[0].body == body
+    assert raw.calls[0].fingerprints == [fingerprint("tok-chunked")]
 
 
 @pytest.mark.anyio
@@ -472,25 +421,24 @@ async def test_json_content_types_are_inspected(content_type: str | None) -> Non
 async def test_no_content_type_lets_a_json_object_past(first: bytes, second: bytes) -> None:
     """Frameworks disagree on which Content-Type value counts, and Starlette's
     ``request.json()`` reads none: a JSON object body is read whatever they say."""
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
-    scope = http_scope(headers=[(b"content-type", first), (b"content-type", second)])
-    sent = await run(app, scope, chunked(bad_body()))
-    assert sent[0]["status"] == 400
+    headers = [(b"content-type", first), (b"content-type", second)]
+    answer = await run_asgi(app, [bad_body()], headers=headers)
+    assert answer.status == 400
     assert raw.calls == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("length", [b"\xb2", b"12a", b"-1", b""], ids=repr)
 async def test_a_malformed_content_length_is_refused(length: bytes) -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
     headers = [(b"content-type", b"application/json"), (b"content-length", length)]
     body = json.dumps(tools_body(mcp_tool(URL, "tok-cl"))).encode()
-    sent = await run(app, http_scope(headers=headers), chunked(body))
-    assert sent[0]["status"] == 400
-    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
-    assert (error["code"], error["param"]) == ("invalid_content_length", "Content-Length")
+    answer = await run_asgi(app, [body], headers=headers)
+    assert answer.status == 400
+    assert (answer.code, answer.param) == ("invalid_content_length", "Content-Length")
     assert raw.calls == []
 
 
@@ -508,12 +456,10 @@ CONTENT_TYPES = [
 @pytest.mark.anyio
 @pytest.mark.parametrize("content_type", CONTENT_TYPES)
 async def test_a_json_object_is_read_whatever_its_content_type(content_type: bytes) -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
-    sent = await run(
-        app, http_scope(headers=[(b"content-type", content_type)]), chunked(bad_body())
-    )
-    assert sent[0]["status"] == 400
+    answer = await run_asgi(app, [bad_body()], headers=[(b"content-type", content_type)])
+    assert answer.status == 400
     assert raw.calls == []
 
 
@@ -537,31 +483,31 @@ async def test_a_body_that_cannot_be_a_json_object_passes_through(
 ) -> None:
     """Its first significant byte is not "{": the app gets the very messages the server sent
     (the first one looked at, the rest unbuffered), and no body credentials."""
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
-    scope = http_scope(headers=[(b"content-type", content_type)])
-    sent = await run(app, scope, chunked(body[:3], body[3:]))
-    assert sent[0]["status"] == 200
-    assert raw.calls[0]["scope"] is scope
-    assert raw.calls[0]["body"] == body
-    assert raw.calls[0]["credentials"] == []
+    scope = asgi_scope([(b"content-type", content_type)])
+    answer = await call_asgi(app, scope, Wire([body[:3], body[3:]]).receive)
+    assert answer.status == 200
+    assert raw.calls[0].scope is scope
+    assert raw.calls[0].body == body
+    assert raw.calls[0].fingerprints == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_http1_get_and_head_without_a_length_get_the_raw_receive(method: str) -> None:
     """No body can come: nothing is buffered, but the headers are still read."""
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw, config=MCPAuthConfig(server_headers=True))
     good = [(b"x-mcp-srv-authorization", b"Bearer tok-get")]
-    receive = chunked(b"")
-    sent = await run(app, http_scope(method, good), receive)
-    assert sent[0]["status"] == 200
-    assert raw.calls[0]["receive"] is receive
-    assert raw.calls[0]["credentials"] == ["tok-get"]
+    receive = Wire().receive
+    answer = await call_asgi(app, asgi_scope(good, method=method), receive)
+    assert answer.status == 200
+    assert raw.calls[0].receive is receive
+    assert raw.calls[0].fingerprints == [fingerprint("tok-get")]
     bad = [(b"x-mcp-srv-authorization", b"not bearer")]
-    sent = await run(app, http_scope(method, bad), chunked(b""))
-    assert sent[0]["status"] == 400
+    answer = await run_asgi(app, [b""], headers=bad, method=method)
+    assert answer.status == 400
     assert len(raw.calls) == 1
 
 
@@ -569,24 +515,24 @@ async def test_http1_get_and_head_without_a_length_get_the_raw_receive(method: s
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET"])
 async def test_any_method_with_a_body_is_inspected(method: str) -> None:
     """FastAPI reads a body on any route that declares one, GET included."""
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
     body = bad_body()
     headers = [(b"content-length", str(len(body)).encode())]
-    sent = await run(app, http_scope(method, headers), chunked(body))
-    assert sent[0]["status"] == 400
+    answer = await run_asgi(app, [body], headers=headers, method=method)
+    assert answer.status == 400
     assert raw.calls == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
 async def test_non_http_scopes_pass_through_untouched(scope_type: str) -> None:
-    raw = RawApp()
+    raw = ASGIProbe()
     app = MCPAuthMiddleware(raw)
     scope: dict[str, Any] = {"type": scope_type, "asgi": {"version": "3.0"}}
     if scope_type == "websocket":
         scope.update(path="/ws", headers=[(b"content-type", b"application/json")])
-    receive = chunked(b"")
-    await run(app, scope, receive)
-    assert raw.calls[0]["receive"] is receive
-    assert raw.calls[0]["scope"] is scope
+    receive = Wire().receive
+    await call_asgi(app, scope, receive)
+    assert raw.calls[0].receive is receive
+    assert raw.calls[0].scope is scope

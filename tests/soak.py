@@ -34,11 +34,12 @@ resident-memory growth after warm-up over ``--max-rss-growth-mib``, a worker tha
 nothing (``--workers`` > 1). The results table says which code it ran (commit, ``+dirty``, a
 digest of the library's and the examples' sources); ``--json`` writes every figure.
 
-Run from the repository root (everything on 127.0.0.1; the run stops by itself)::
+``tests/test_soak.py`` runs it and checks every figure (``make soak``). By hand, from the
+repository root (everything on 127.0.0.1; the run stops by itself)::
 
-    python benchmarks/soak.py                                   # 10,000 requests, 50 users
-    python benchmarks/soak.py --workers 2 --requests 3000       # stateless across workers
-    python benchmarks/soak.py --requests 1000 --json out.json   # quick, results as JSON
+    python tests/soak.py                                   # 10,000 requests, 50 users
+    python tests/soak.py --workers 2 --requests 3000       # stateless across workers
+    python tests/soak.py --requests 1000 --json out.json   # quick, results as JSON
 """
 
 from __future__ import annotations
@@ -404,7 +405,7 @@ def gateway(workers: int, log: Path, reuse_sessions: str = "default") -> Iterato
             *("--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2"),
         ]
         with log.open("ab") as out:
-            proc = subprocess.Popen(  # noqa: S603 - our own arguments
+            proc = subprocess.Popen(
                 [sys.executable, "-c", _SHIM, str(os.getpid()), *command[1:]],
                 cwd=ROOT,
                 env=env,
@@ -598,7 +599,7 @@ async def sample_memory(gw: Gateway, stats: Stats, warmup: int, total: int, mem:
 
 
 def _git(*args: str) -> str:
-    done = subprocess.run(  # noqa: S603 - our own arguments
+    done = subprocess.run(
         ["git", *args],  # noqa: S607 - git from PATH
         cwd=ROOT,
         capture_output=True,
