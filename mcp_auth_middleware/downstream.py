@@ -214,7 +214,10 @@ class MCPBearerAuth(_AuthBase):
         """What a response to a request that carried a credential (or a server's headers)
         tells: a refusal of the credential (raise MCPUpstreamAuthError), or an event stream
         whose SSE message endpoint gets what the stream carried."""
-        sent = response.request
+        try:
+            sent = response.request
+        except RuntimeError:  # a response built by hand, not by a client
+            sent = request
         if sent is not request:  # a redirect the client followed: what its last hop carried
             carried = self._carried_by(sent)
         if carried is None:

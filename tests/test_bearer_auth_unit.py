@@ -56,7 +56,9 @@ CHOICES = [
     pytest.param(ONE, "HTTPS://MCP.EXAMPLE.COM:443/mcp/", "t1", id="the-same-url-normalised"),
     pytest.param(NESTED, f"{H}/mcp/team/x", "team", id="the-longest-path-prefix"),
     pytest.param(NESTED, f"{H}/mcp/teamx", "mcp", id="whole-segments-only"),
-    pytest.param(ONE, f"{H}/messages/?session_id=1", "t1", id="the-only-one-of-its-origin"),
+    pytest.param(
+        ONE, f"{H}/messages/?session_id=1", None, id="the-only-one-of-its-origin-not-its-path"
+    ),
     pytest.param({f"{H}/a": "a", f"{H}/b": "b"}, f"{H}/c", None, id="two-of-the-origin-none-fits"),
     pytest.param(ONE, "https://other.example.com/mcp", None, id="another-host"),
     pytest.param(ONE, f"{H}:8443/mcp", None, id="another-port"),
