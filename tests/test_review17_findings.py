@@ -1,0 +1,121 @@
+"""Attacks on "a token goes only where its credential says", each a real server or resolver.
+
+* an SSE stream opened under a credential's server binds no endpoint outside that server;
+* ``mcp_headers`` gives no token for a URL whose path servers resolve differently;
+* a router that matches the path as sent (no percent-decoding) sees the same server;
+* a request that carries no credentials sees none, even when served inside another scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import pytest
+from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from mcp_auth_middleware import MCPBearerAuth, mcp_headers, use_credentials
+from mcp_auth_middleware.testing import serve
+from tests.helpers import client, make_app, raw_http
+from tests.test_token_reach import (
+    A_TOKEN,
+    B_TOKEN,
+    H,
+    _echo,
+    credentials,
+    recorder,
+    sent,
+    steering_sse,
+)
+
+# --- the SSE endpoint of a stream under its credential's server ---------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("endpoint", ["/c/messages/?session_id=1", "/messages/?session_id=1"])
+async def test_a_stream_under_a_credential_s_server_binds_no_endpoint_outside_it(
+    endpoint: str,
+) -> None:
+    """A token for ``/a`` (the server) opens ``/a/sse``: the server's directory is ``/a``
+    itself, not ``/``, so an endpoint event naming a neighbour (``/c``, the origin's root)
+    gets no token."""
+    stream_seen: list[str | None] = []
+    c_seen: list[str | None] = []
+    app = Starlette(
+        routes=[Mount("/a", app=steering_sse(endpoint, stream_seen)), Mount("/", recorder(c_seen))]
+    )
+    with (
+        serve(app) as base,
+        use_credentials(credentials(base, {"/a": A_TOKEN})),
+        anyio.move_on_after(3),
+    ):
+        async with (
+            sse_client(f"{base}/a/sse", auth=MCPBearerAuth()) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            with contextlib.suppress(MCPError, TimeoutError), anyio.fail_after(2):
+                await session.initialize()
+    assert stream_seen == [f"Bearer {A_TOKEN}"]
+    assert c_seen, "the client never posted to the announced endpoint"
+    assert not any(c_seen), "the neighbour received A's token"
+
+
+# --- mcp_headers and the paths servers resolve differently ------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="mcp_headers looks the URL up normalised only")
+@pytest.mark.parametrize("path", ["/a/%2e%2e/b/mcp", "/a/%2E./b/mcp", "/a/.%2e/b/mcp"])
+def test_mcp_headers_gives_no_token_where_servers_disagree(path: str) -> None:
+    """uvicorn + Starlette deliver ``/a/%2e%2e/b/mcp`` to the server mounted at ``/a``; the
+    URL normalises to ``/b/mcp``, so an exact lookup alone would hand A B's token."""
+    app = Starlette(routes=[Mount("/a", _echo("server-a")), Mount("/b", _echo("server-b"))])
+    with serve(app) as base:
+        host = base.removeprefix("http://")
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        assert raw_http(base, request.encode()) == (200, b"server-a")
+        creds = credentials(base, {"/a/mcp": A_TOKEN, "/b/mcp": B_TOKEN})
+        with use_credentials(creds):
+            assert "Authorization" not in set(mcp_headers(base + path))  # names only
+            assert mcp_headers(base + "/b/mcp")["Authorization"] == f"Bearer {B_TOKEN}"
+
+
+# --- a router that matches the path as sent ---------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="percent-encoded unreserved characters are decoded before matching; a router "
+    "that matches the raw path (Envoy without normalize_path, HAProxy path_beg) routes "
+    "/%61/x to its default backend, which then receives A's token",
+)
+@pytest.mark.parametrize("path", ["/%61/mcp", "/%61", "/%62/mcp"])
+def test_a_raw_path_router_sees_the_same_server(path: str) -> None:
+    creds = credentials(H, {"/a": "tok-a", "/b": "tok-b"})
+    token, wire = sent(creds, H + path)
+    routed = next(
+        (t for p, t in (("/a", "tok-a"), ("/b", "tok-b")) if wire == p or wire.startswith(p + "/")),
+        None,
+    )  # the raw router: prefix match on the path as sent
+    assert token is None or token == routed, (path, wire)
+
+
+# --- a request without credentials served inside another scope ---------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="the middleware sets no scope for a request without credentials, so the request "
+    "sees whatever scope its caller's context holds (an in-process ASGI call, a second "
+    "middleware further in)",
+)
+async def test_a_request_without_credentials_sees_none_inside_another_scope() -> None:
+    app = make_app()
+    with use_credentials(credentials(H, {"/a": A_TOKEN})):
+        async with client(app) as http:
+            response = await http.post("/v1/responses", json={"input": "hi"})
+    assert response.status_code == 200
+    assert response.json()["credentials"] == []
