@@ -205,9 +205,14 @@ def mcp_headers(
     result = dict(headers or {})
     if any(name.strip().lower() == "authorization" for name in result):
         raise ValueError("headers already hold an Authorization header")
-    cred = current_credentials().for_server(server_url)
+    creds = current_credentials()
+    cred = creds.for_server(server_url)
     if cred is not None:
         server = parse_server_url(server_url)
+        if server.literal_path != server.path and creds.match_request(server) is not cred:
+            # "/a/%2e%2e/b" is B's URL normalised, but a server that keeps dot segments
+            # routes it under /a: the rule MCPBearerAuth applies gives it no token.
+            return result
         _check_transport(server.scheme, server.host, allow_insecure_http)
         result.update(cred.headers)
         result["Authorization"] = cred.bearer()

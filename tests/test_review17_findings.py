@@ -66,7 +66,6 @@ async def test_a_stream_under_a_credential_s_server_binds_no_endpoint_outside_it
 # --- mcp_headers and the paths servers resolve differently ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="mcp_headers looks the URL up normalised only")
 @pytest.mark.parametrize("path", ["/a/%2e%2e/b/mcp", "/a/%2E./b/mcp", "/a/.%2e/b/mcp"])
 def test_mcp_headers_gives_no_token_where_servers_disagree(path: str) -> None:
     """uvicorn + Starlette deliver ``/a/%2e%2e/b/mcp`` to the server mounted at ``/a``; the
