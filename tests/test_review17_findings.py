@@ -4,7 +4,8 @@
 * ``mcp_headers`` gives no token for a URL whose path servers resolve differently;
 * a router that matches the path as sent (no percent-decoding) sees the same server;
 * a request that carries no credentials sees none, even when served inside another scope;
-* a custom source's own error holds no secret.
+* a custom source's own error holds no secret;
+* the pool opens no session to a URL that servers route elsewhere than its key says.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from mcp_auth_middleware import (
     mcp_headers,
     use_credentials,
 )
+from mcp_auth_middleware.sessions import MCPSessionPool
 from mcp_auth_middleware.sources.base import SourceRequest
 from mcp_auth_middleware.testing import serve
 from tests.helpers import client, make_app, raw_http
 from tests.test_token_reach import (
     A_TOKEN,
     B_TOKEN,
+    WAIT,
     H,
     _echo,
     credentials,
     recorder,
     sent,
+    shared_origin,
     steering_sse,
 )
 
@@ -160,3 +164,23 @@ async def test_a_failing_custom_source_s_error_holds_no_secret() -> None:
     rendered = "".join(traceback.format_exception(caught.value))
     leaked = VAULT_SECRET in rendered
     assert not leaked, "the source's secret is in the traceback"
+
+
+# --- the pool and a URL servers resolve differently ---------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/a/%2e%2e/b/mcp", "/a/.%2E/b/mcp", "/b/mcp/%2e/"])
+async def test_the_pool_opens_no_session_to_a_url_servers_resolve_differently(path: str) -> None:
+    """The pool keys sessions by the normalised URL (``/b/mcp``) but connects to the URL as
+    given, which uvicorn + Starlette route to ``/a``: it refuses such a URL."""
+    async with shared_origin("streamable-http") as (base, a, b):
+        default = MCPCredential(token=B_TOKEN, source="body")  # the unbound tool-runtime one
+        async with MCPSessionPool(allow_insecure_http=True) as pool:
+            with anyio.fail_after(WAIT), pytest.raises(ValueError, match="dot segments"):
+                await pool.call_tool(base + path, "whoami", {}, credential=default)
+            with anyio.fail_after(WAIT):
+                result = await pool.call_tool(f"{base}/b/mcp", "whoami", {}, credential=default)
+    assert (result.structured_content or {}).get("result") == "bob"
+    assert a.requests == [], "a session under B's key was opened to server A"
+    assert {r.auth for r in b.requests} == {"accepted"}
