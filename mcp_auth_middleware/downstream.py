@@ -292,19 +292,23 @@ def mcp_headers(
     if any(name.strip().lower() == "authorization" for name in result):
         raise ValueError("headers already hold an Authorization header")
     creds = current_credentials()
+    server = parse_server_url(server_url)
     cred = creds.for_server(server_url)
     entry = None
     if cred is None and creds.server_headers:
-        entry = creds.headers_entry_for(server_url)
-        entry = (
-            entry if entry is not None and entry.server == parse_server_url(server_url) else None
-        )
-    if cred is not None or entry is not None:
-        server = parse_server_url(server_url)
-        _check_transport(server.scheme, server.host, allow_insecure_http)
+        entry = creds.headers_entry_for(server)
+        entry = entry if entry is not None and entry.server == server else None
+    carried = cred or entry
+    if carried is None:
+        return result
+    if server.literal_path != server.path:
+        # "/a/../b" is B's URL normalised, but a server that keeps dot segments routes it
+        # under /a: what MCPBearerAuth would send there must be the same, or nothing is.
+        same = creds.match_request(server) if cred is not None else creds.headers_entry_for(server)
+        if same is not carried:
+            return result
+    _check_transport(server.scheme, server.host, allow_insecure_http)
+    result.update(carried.headers)
     if cred is not None:
-        result.update(cred.headers)
         result["Authorization"] = cred.bearer()
-    elif entry is not None:
-        result.update(entry.headers)
     return result

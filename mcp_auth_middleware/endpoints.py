@@ -8,8 +8,9 @@ first ``endpoint`` event and binds exactly that URL (query included) to the stre
 credential, for as long as the stream is open, and only while the set the credential came
 from is the one in force. The endpoint must be on the stream's origin and under the
 directory of the credential's server path (``/a/messages/`` for a credential given for
-``/a/sse``): a server cannot steer its token to a neighbour's path. Nothing else on the
-origin is covered.
+``/a/sse``), or under that path itself when the stream is below it (a credential given for
+``/a``, the stream ``/a/sse``): a server cannot steer its token to a neighbour's path.
+Nothing else on the origin is covered.
 """
 
 from __future__ import annotations
@@ -173,6 +174,14 @@ class EndpointBindings:
             return
         stream_url = str(request.url)
         directory = server.path.rpartition("/")[0] or "/"
+        try:
+            stream_path = parse_server_url(stream_url).path
+        except ValueError:
+            return
+        if stream_path != server.path and path_is_prefix(server.path, stream_path):
+            # A stream under the credential's server (a token for /a, the stream /a/sse):
+            # that server, not its parent, is the directory; else /c/... would be in reach.
+            directory = server.path
         bound: list[str] = []
 
         def found(data: str) -> None:

@@ -75,6 +75,7 @@ SESSION_FAILED: Final = "mcp_session_failed"
 
 POOL_NOT_OPEN: Final = "MCPSessionPool is not open: use it as `async with MCPSessionPool() as pool`"
 CREDENTIAL_FOR_OTHER_SERVER: Final = "the credential given is bound to another server"
+DOT_SEGMENTS: Final = "server URL path has dot segments: give the path they resolve to"
 INSECURE_HTTP: Final = (
     "refusing to send an MCP credential over plain http to a non-loopback host; "
     "use https, or MCPSessionPool(allow_insecure_http=True) if the network is trusted"
@@ -502,6 +503,10 @@ class MCPSessionPool:
     ) -> tuple[str, ServerURL, _Carried | None]:
         """The server and the credential to borrow with; refuses what must not be sent."""
         server = parse_server_url(server_url)  # ValueError for a non-http(s) URL
+        if server.literal_path != server.path:
+            # Sessions are keyed by the normalised URL but talk to the URL as given, which a
+            # server that keeps dot segments routes elsewhere ("/a/../b" reaches /a).
+            raise ValueError(DOT_SEGMENTS)
         cred: _Carried | None
         if credential is None:
             creds = current_credentials()  # the credential, else headers alone, for the server

@@ -741,6 +741,10 @@ def model(document: Any) -> Outcome:
     for tool in mcp:
         absent, token = _verdict(tool.get("authorization"))
         if absent:
+            # A tool with headers and no token still names its server: a header-only entry.
+            url = tool.get("server_url")
+            if tool.get("headers") and url is not None and E2E_URLS[url] is None:
+                errors.add("invalid_server_url")
             continue
         if token is None:
             errors.add("invalid_authorization")
