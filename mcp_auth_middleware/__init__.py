@@ -21,7 +21,7 @@ from mcp_auth_middleware.credentials import (
     MCPServerHeaders,
 )
 from mcp_auth_middleware.downstream import InsecureTransportError, MCPBearerAuth, mcp_headers
-from mcp_auth_middleware.errors import CredentialRejected
+from mcp_auth_middleware.errors import CredentialRejected, CredentialSourceError
 from mcp_auth_middleware.middleware import MCPAuthMiddleware
 from mcp_auth_middleware.sources.base import MCPCredentialSource, SourceRequest
 from mcp_auth_middleware.upstream import MCPUpstreamAuthError, upstream_refusals
@@ -39,6 +39,7 @@ __all__ = [
     "CREDENTIAL_RESOLVED",
     "CredentialRejected",
     "CredentialSource",
+    "CredentialSourceError",
     "HeadersAuthorization",
     "InsecureTransportError",
     "MCPAuthConfig",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import SecretStr
 
@@ -399,21 +400,36 @@ def _match(by_url: Mapping[str, _E], request: ServerURL) -> _E | None:
 
 
 def _longest_prefix(by_url: Mapping[str, _E], request: ServerURL, path: str) -> _E | None:
+    """The entry whose path is the longest whole-segment prefix of ``path`` on the request's
+    origin; an entry with a query only for exactly that query. ``None`` also when the
+    request's query differs from such an entry's in bytes but a server may read the two
+    alike (``tenant=%78``, ``tenant=x&``, ``tenant=y&tenant=x``)."""
     best: _E | None = None
     best_rank = (-1, False)
     for entry in by_url.values():
         server = entry._server
         assert server is not None
-        if server.origin != request.origin:
+        if server.origin != request.origin or not path_is_prefix(server.path, path):
             continue
         if server.query and server.query != request.query:
-            continue
-        if not path_is_prefix(server.path, path):
+            if _read_alike(server.query, request.query):
+                return None
             continue
         rank = (len(server.path), bool(server.query))
         if rank > best_rank:
             best, best_rank = entry, rank
     return best
+
+
+def _read_alike(query: str, other: str) -> bool:
+    """Whether a server may read two different query strings as the same parameters
+    (decoded; a repeated key's last value, or its first)."""
+
+    def readings(text: str) -> set[frozenset[tuple[str, str]]]:
+        pairs = parse_qsl(text, keep_blank_values=True)
+        return {frozenset(dict(pairs).items()), frozenset(dict(reversed(pairs)).items())}
+
+    return bool(readings(query) & readings(other))
 
 
 class MCPCredentials:

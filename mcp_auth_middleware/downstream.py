@@ -291,8 +291,11 @@ def mcp_headers(
     result = dict(headers or {})
     if any(name.strip().lower() == "authorization" for name in result):
         raise ValueError("headers already hold an Authorization header")
+    try:
+        server = parse_server_url(server_url)
+    except ValueError:  # not an http(s) URL, or a path servers resolve differently
+        return result
     creds = current_credentials()
-    server = parse_server_url(server_url)
     cred = creds.for_server(server_url)
     entry = None
     if cred is None and creds.server_headers:

@@ -28,6 +28,7 @@ __all__ = [
     "UNSUPPORTED_CHARSET",
     "UNSUPPORTED_CONTENT_ENCODING",
     "CredentialRejected",
+    "CredentialSourceError",
     "error_body",
 ]
 
@@ -134,3 +135,15 @@ def error_body(
         {"error": {"message": message, "type": type_, "param": param, "code": code}},
         separators=(",", ":"),
     ).encode()
+
+
+class CredentialSourceError(RuntimeError):
+    """A custom credential source failed with an exception other than
+    :class:`CredentialRejected`. It names the source and the exception's type only: the
+    original message, traceback and locals (which may quote what a vault answered) are not
+    kept. The request fails as any server error does."""
+
+    def __init__(self, source: str, error: str) -> None:
+        super().__init__(f"credential source {source!r} failed ({error})")
+        self.source = source
+        self.error = error

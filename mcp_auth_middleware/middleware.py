@@ -35,6 +35,7 @@ from mcp_auth_middleware.errors import (
     UNSUPPORTED_CHARSET,
     UNSUPPORTED_CONTENT_ENCODING,
     CredentialRejected,
+    CredentialSourceError,
     error_body,
 )
 from mcp_auth_middleware.paths import path_matcher
@@ -127,7 +128,7 @@ class MCPAuthMiddleware:
             return
         length, source_headers, request_id, refusal = _framing(scope, self._watched)
         if refusal is None and length is None and not (source_headers or self._asks_every_request):
-            await self.app(scope, receive, send)  # no body, and no header a source reads
+            await self._without_credentials(scope, receive, send)  # nothing a source reads
             return
         # From here on only ``request`` holds the scope, whose headers may carry a token:
         # no local of a frame of ours shows it (or the body) in a traceback that renders
@@ -144,7 +145,7 @@ class MCPAuthMiddleware:
         replay, credentials = prepared
         del prepared
         if not credentials:
-            await self.app(request.scope, replay, send)
+            await self._without_credentials(request.scope, replay, send)
             return
         # Closed when the request ends: contexts copied during it (tasks, workers it
         # started) see an empty set from then on.
@@ -157,6 +158,19 @@ class MCPAuthMiddleware:
             )
         finally:
             held.close()
+            _credentials.reset(token)
+
+    async def _without_credentials(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application, for a request that carries no credentials. Served inside another
+        scope (an in-process call made within ``use_credentials``, an outer middleware), it
+        sees an empty set: a request sees its own credentials, never another's."""
+        if _credentials.get() is None:
+            await self.app(scope, receive, send)
+            return
+        token = _credentials.set(_Scope(EMPTY_CREDENTIALS))
+        try:
+            await self.app(scope, receive, send)
+        finally:
             _credentials.reset(token)
 
     async def _prepare(
@@ -192,12 +206,25 @@ class MCPAuthMiddleware:
             for source, custom, own_headers_only in self._sources:
                 if own_headers_only and not source_headers:
                     continue
+                failed: str | None = None
                 try:
                     got: Any = source.read(request)
-                    if custom:
-                        got = await _checked(got, source.name)
+                    if custom and inspect.isawaitable(got):
+                        got = await got
                 except InvalidCredential as exc:  # a custom source made a bad credential
                     raise _invalid_from(source.name, exc) from None
+                except CredentialRejected:
+                    raise
+                except Exception as exc:
+                    if not custom:
+                        raise
+                    failed = type(exc).__name__
+                if failed is not None:
+                    # Outside the except block: its message, traceback and locals (which may
+                    # quote a vault's answer) are not chained to what the server logs.
+                    raise CredentialSourceError(source.name, failed)
+                if custom:
+                    got = _checked(got, source.name)
                 if got:
                     found.append((source.name, got))
         except CredentialRejected as exc:
@@ -417,10 +444,8 @@ class _Replay:
         return f"<request body: {len(self._pending)} of {len(self._messages)} messages pending>"
 
 
-async def _checked(got: Any, name: str) -> list[MCPCredential | MCPServerHeaders]:
-    """A custom source's answer (an iterable of credentials, or an awaitable of one)."""
-    if inspect.isawaitable(got):
-        got = await got
+def _checked(got: Any, name: str) -> list[MCPCredential | MCPServerHeaders]:
+    """A custom source's answer: an iterable of credentials (or header-only entries)."""
     items = list(got)
     for cred in items:
         if not isinstance(cred, MCPCredential | MCPServerHeaders):

@@ -6,13 +6,14 @@ fragment and user-info dropped. Scheme, port, path and query stay significant, s
 given for ``https://h/mcp`` is never sent to ``http://h/mcp``, ``https://h:8443/mcp`` or
 ``https://h/other``.
 
-Paths are compared as servers resolve them (RFC 3986, section 6.2.2): percent-encoded
-unreserved characters are decoded, other percent-encodings upper-cased, dot segments removed.
-A path that a server or a front end could still resolve differently is *ambiguous*: an
-encoded ``/``, ``\\`` or ``%``, an encoded control character, a malformed percent-encoding,
-a backslash, a ``;`` in a dot segment or an empty one, or an empty segment (``//``, which some front
-ends merge into one slash). A server URL with an ambiguous path is refused; an
-outgoing request to one gets no token.
+Paths are compared as servers resolve them (RFC 3986, section 6.2.2): percent-encodings
+upper-cased, dot segments removed, and a path with dot segments must name the same server
+whether they are removed or kept. A path that servers or front ends could resolve
+differently is *ambiguous*: a percent-encoded unreserved character (``%61``, ``%2e``: routers
+that decode first and routers that match the path as sent disagree), an encoded ``/``,
+``\\`` or ``%``, an encoded control character, a malformed percent-encoding, a backslash, a
+``;`` in an empty or dot segment, or an empty segment (``//``, which some front ends merge).
+A server URL with an ambiguous path is refused; an outgoing request to one gets no token.
 """
 
 from __future__ import annotations
@@ -86,15 +87,18 @@ _UNSAFE_ENCODED = frozenset({"2F", "5C", "25", "7F", *(f"{n:02X}" for n in range
 _HEX = frozenset("0123456789ABCDEFabcdef")
 
 
-def _decode_unreserved(match: re.Match[str]) -> str:
+def _check_percent(match: re.Match[str]) -> str:
     code = match.group(1)
     if len(code) != 2 or not (code[0] in _HEX and code[1] in _HEX):
         raise AmbiguousPath("malformed percent-encoding")
     code = code.upper()
     if code in _UNSAFE_ENCODED:
         raise AmbiguousPath("an encoded separator, percent sign or control character")
-    char = chr(int(code, 16))
-    return char if char in _UNRESERVED else "%" + code
+    if chr(int(code, 16)) in _UNRESERVED:
+        # Routers that decode first (uvicorn, nginx) and routers that match the path as sent
+        # (Envoy without normalize_path, HAProxy's path_beg) see different paths.
+        raise AmbiguousPath("a percent-encoded letter, digit or one of '-._~'")
+    return "%" + code
 
 
 def _remove_dot_segments(segments: list[str]) -> str:
@@ -129,7 +133,7 @@ def normalize_path(path: str) -> tuple[str, str]:
     if "//" in path:
         raise AmbiguousPath("an empty segment")
     if "%" in path:
-        path = _PERCENT.sub(_decode_unreserved, path)
+        path = _PERCENT.sub(_check_percent, path)
     if "." not in path and ";" not in path and "%3B" not in path:
         path = _trim(path)
         return path, path

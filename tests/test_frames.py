@@ -38,6 +38,7 @@ from mcp_auth_middleware import (
     MCPCredentials,
     SourceRequest,
 )
+from mcp_auth_middleware.errors import CredentialSourceError
 from mcp_auth_middleware.sources.base import ParsedBody
 from mcp_auth_middleware.sources.body import parse_body
 from tests.helpers import PROVIDER_DATA, SENTINEL, ASGIProbe, NothingSource, mcp_tool, run_asgi
@@ -271,7 +272,11 @@ async def test_a_custom_source_raising_after_the_body_was_read_leaves_it_in_no_m
     probe = ASGIProbe()
     app = MCPAuthMiddleware(probe, config=MCPAuthConfig(sources=(source,), redact_body=redact))
     exc = await _raised(app)
-    assert isinstance(exc, SourceFailed)
+    # It names the source and the error's type; the source's own error is not chained on.
+    assert isinstance(exc, CredentialSourceError)
+    assert (exc.source, exc.error) == ("vault", "SourceFailed")
+    assert exc.__context__ is None
+    assert exc.__cause__ is None
     assert probe.calls == []
     assert holders(exc, everywhere=False, secrets_=BODY_SECRETS) == []
 
