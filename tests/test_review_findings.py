@@ -2,8 +2,10 @@
 
 Every test's docstring says what the hole is and how severe it is. The bounded-work tests
 time one request through the middleware with an in-memory server (nothing else runs on the
-event loop meanwhile, so the time measured is the time the loop is held) against a budget
-of 100 ms; the reference promises about 60 ms for the worst body under the default limits.
+event loop meanwhile, so the time measured is the time the loop is held) and compare it, in
+the same run, with what ``json.loads`` takes on the same body (the least the application
+pays to read it): a ratio, which a loaded machine does not move, where the holes were 10 to
+100 times over. The audit log is off there: its cost is per credential, not per byte.
 """
 
 from __future__ import annotations
@@ -51,16 +53,26 @@ from tests.test_frames import (  # the renderers and the failing log sink of the
     failing_log,  # noqa: F401 - a fixture, used by name
 )
 
-BUDGET: Final = 0.100  # seconds of event loop one request may hold
+#: The most the event loop may be held by one request, in units of ``json.loads`` on its body
+#: (the holes were 25 to 100 times that, and quadratic ones far more).
+RATIO: Final = 10.0
 URL: Final = "https://mcp.example.com/mcp"
+QUIET: Final = MCPAuthConfig(audit=False)
 
 
 async def _held(app: ASGIApp, body: bytes) -> tuple[float, Exchange]:
-    """Seconds the event loop was held by one request with ``body``, and the answer."""
+    """How long one request with ``body`` held the event loop (the best of three), in units
+    of ``json.loads`` on the same body (its best of three); and the answer."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    start = time.perf_counter()
-    answer = await run_asgi(app, [body], headers=headers)
-    return time.perf_counter() - start, answer
+    held = floor = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        answer = await run_asgi(app, [body], headers=headers)
+        held = min(held, time.perf_counter() - start)
+        start = time.perf_counter()
+        json.loads(body)
+        floor = min(floor, time.perf_counter() - start)
+    return held / floor, answer
 
 
 def _reordered_marks(pairs: int) -> str:
@@ -86,9 +98,9 @@ async def test_one_header_name_of_reordered_combining_marks_does_not_hold_the_ev
     handful of such requests stop the gateway for every caller. The body need not carry a
     valid token; the check runs first."""
     body = _body({"tools": [mcp_tool(URL, "tok", headers={_reordered_marks(12_000): "v"})]})
-    held, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
+    held, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert answer.status in (200, 400)
-    assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
+    assert held < RATIO, f"one request of {len(body)} bytes held the loop {held:.1f}x json.loads"
 
 
 @pytest.mark.anyio
@@ -100,9 +112,9 @@ async def test_tools_within_the_headers_limit_do_not_hold_the_event_loop() -> No
     assert len(_body(headers)) < MAX_HEADERS_JSON
     tools = [mcp_tool(f"{URL}/{i}", "tok", headers=headers) for i in range(24)]
     body = _body({"input": "x" * JSON_FALLBACK_LIMIT, "tools": tools})
-    held, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
+    held, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert answer.code == "invalid_headers"  # such a name is never carried to a server
-    assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
+    assert held < RATIO, f"one request of {len(body)} bytes held the loop {held:.1f}x json.loads"
 
 
 # --- 2. the 16 KiB headers limit holds only above 1 MiB (medium) --------------------------------
@@ -118,7 +130,7 @@ async def test_an_mcp_tools_headers_over_16_kib_in_a_small_body_are_refused() ->
     assert len(_body(headers)) > MAX_HEADERS_JSON
     body = _body({"tools": [mcp_tool(URL, "tok", headers=headers)]})
     assert len(body) < JSON_FALLBACK_LIMIT
-    _, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
+    _, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert (answer.status, answer.code) == (400, "invalid_headers")
 
 
@@ -132,9 +144,9 @@ async def test_a_megabyte_of_nested_headers_in_a_small_body_does_not_hold_the_ev
     count = (JSON_FALLBACK_LIMIT - len(head) - 40) // len(unit)
     body = head + b'"headers":[' + (unit * count)[:-1] + b']}],"n":NaN}'
     assert len(body) <= JSON_FALLBACK_LIMIT
-    held, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
+    held, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert answer.status in (200, 400)
-    assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
+    assert held < RATIO, f"one request of {len(body)} bytes held the loop {held:.1f}x json.loads"
 
 
 @pytest.mark.anyio
@@ -149,9 +161,9 @@ async def test_the_json_loads_fallback_on_a_megabyte_of_arrays_does_not_hold_the
     count = (JSON_FALLBACK_LIMIT - len(head) - 20) // len(unit)
     body = head + (unit * count)[:-1] + b'],"n":NaN}'
     assert len(body) <= JSON_FALLBACK_LIMIT
-    held, answer = await _held(MCPAuthMiddleware(ASGIProbe()), body)
+    held, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert answer.status == 200
-    assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
+    assert held < RATIO, f"one request of {len(body)} bytes held the loop {held:.1f}x json.loads"
 
 
 # --- 3. redact_body re-parses and re-serialises the whole body (medium) -------------------------
@@ -166,11 +178,12 @@ async def test_redact_body_does_not_hold_the_event_loop_on_a_body_within_the_lim
     service the bounded decoder was built to close."""
     document = {"input": [{"a": 1}] * 2_000_000, "tools": [mcp_tool(URL, "tok")]}
     body = json.dumps(document, separators=(",", ":")).encode()
-    config = MCPAuthConfig(redact_body=True)
+    config = MCPAuthConfig(redact_body=True, audit=False)
     assert len(body) < config.max_body_bytes
     held, answer = await _held(MCPAuthMiddleware(ASGIProbe(), config=config), body)
     assert answer.status == 200
-    assert held < BUDGET, f"one request of {len(body)} bytes held the event loop {held:.2f} s"
+    # Less than one json.loads of the body: the hole was json.loads and json.dumps of it all.
+    assert held < 1.0, f"one request of {len(body)} bytes held the loop {held:.1f}x json.loads"
 
 
 # --- 4. secrets in the frames of a refused request's traceback (medium) -------------------------
@@ -233,7 +246,7 @@ async def test_a_log_sink_failing_on_a_refusal_finds_no_secret_in_the_middleware
     half-built ``MCPCredential`` in ``__init__``'s frame (see the next test)."""
     body = json.dumps(REFUSED_BODIES[case]).encode()
     with pytest.raises(LogFailed) as caught:
-        await _held(MCPAuthMiddleware(ASGIProbe()), body)
+        await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
     assert _secret_holders(caught.value) == []
 
 
@@ -373,7 +386,7 @@ async def test_redact_body_removes_every_authorization_value(document: bytes) ->
     reads it as a credential the middleware never checked)."""
     body = document % (URL.encode(), SENTINEL.encode())
     probe = ASGIProbe()
-    config = MCPAuthConfig(redact_body=True)
+    config = MCPAuthConfig(redact_body=True, audit=False)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     answer = await run_asgi(MCPAuthMiddleware(probe, config=config), [body], headers=headers)
     assert answer.status == 200
