@@ -246,7 +246,7 @@ async def test_a_log_sink_failing_on_a_refusal_finds_no_secret_in_the_middleware
     half-built ``MCPCredential`` in ``__init__``'s frame (see the next test)."""
     body = json.dumps(REFUSED_BODIES[case]).encode()
     with pytest.raises(LogFailed) as caught:
-        await _held(MCPAuthMiddleware(ASGIProbe(), config=QUIET), body)
+        await _held(MCPAuthMiddleware(ASGIProbe()), body)
     assert _secret_holders(caught.value) == []
 
 
