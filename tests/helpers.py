@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from mcp_auth_middleware import (
 from mcp_auth_middleware.sources.base import SourceRequest
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
+MCP_VERSION = metadata.version("mcp")  # the tests run on 2.x, and on 1.x (make test-mcp1)
+MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
 ROOT = Path(__file__).resolve().parent.parent
 
 # The error codes of the fail-closed rules, as literals rather than imported from
