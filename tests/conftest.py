@@ -50,10 +50,13 @@ NEEDS_MCP2 = {
 }
 
 
+def _needs_mcp2(reason: str) -> str:
+    return f"needs mcp 2.x ({MCP_VERSION} installed): {reason}"
+
+
 class _NeedsMCP2(pytest.Module):
     def collect(self) -> list[pytest.Item]:
-        reason = NEEDS_MCP2[self.path.name]
-        pytest.skip(f"needs mcp 2.x ({MCP_VERSION} installed): {reason}", allow_module_level=True)
+        pytest.skip(_needs_mcp2(NEEDS_MCP2[self.path.name]), allow_module_level=True)
 
 
 def pytest_pycollect_makemodule(
@@ -62,6 +65,19 @@ def pytest_pycollect_makemodule(
     if MCP_MAJOR < 2 and module_path.name in NEEDS_MCP2:
         return _NeedsMCP2.from_parent(parent, path=module_path)
     return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With mcp 1.x, skip the tests marked ``mcp2(reason=...)``, each with its reason."""
+    if MCP_MAJOR >= 2:
+        return
+    for item in items:
+        marker = item.get_closest_marker("mcp2")
+        if marker is not None:
+            reason = marker.kwargs["reason"]
+            item.add_marker(
+                pytest.mark.skip(reason=f"needs mcp 2.x ({MCP_VERSION} installed): {reason}")
+            )
 
 
 def pytest_report_header() -> str:

@@ -7,14 +7,17 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,8 +34,6 @@ from mcp_auth_middleware import (
 from mcp_auth_middleware.sources.base import SourceRequest
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
-MCP_VERSION = metadata.version("mcp")  # the tests run on 2.x, and on 1.x (make test-mcp1)
-MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
 ROOT = Path(__file__).resolve().parent.parent
 
 # The error codes of the fail-closed rules, as literals rather than imported from
@@ -389,3 +390,35 @@ def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+# --- the installed mcp SDK: 2.x, or 1.x in make test-mcp1 ----------------------------------
+
+MCP_VERSION = metadata.version("mcp")
+MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
+#: The HTTP library the installed SDK's client is built on: httpx2 (2.x) or httpx (1.x).
+sdk_http: Any = import_module("httpx2" if MCP_MAJOR >= 2 else "httpx")
+#: The error an SDK client session raises for an error answer.
+MCPError: type[Exception] = (
+    import_module("mcp").MCPError
+    if MCP_MAJOR >= 2
+    else import_module("mcp.shared.exceptions").McpError
+)
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """A tool result's structured content (``structuredContent`` in 1.x's model)."""
+    content = result.structured_content if MCP_MAJOR >= 2 else result.structuredContent
+    return dict(content or {})
+
+
+@asynccontextmanager
+async def streamable_session(url: str, http_client: Any) -> AsyncIterator[ClientSession]:
+    """An initialized SDK session to ``url`` over ``http_client`` (an ``sdk_http`` client)."""
+    # streamable_http_client yields (read, write) in 2.x, (read, write, get_session_id) in 1.x
+    async with (
+        streamable_http_client(url, http_client=http_client) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        yield session

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +24,6 @@ import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -36,18 +34,19 @@ from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
 from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import MCP_MAJOR, mcp_tool, provider_data
+from tests.helpers import (
+    MCP_MAJOR,
+    MCPError,
+    mcp_tool,
+    provider_data,
+    sdk_http,
+    streamable_session,
+    structured,
+)
 
 if TYPE_CHECKING:
     import httpx2
 
-# The HTTP library of the installed SDK's client, and the error its client session raises.
-sdk_http: Any = import_module("httpx2" if MCP_MAJOR >= 2 else "httpx")
-MCPError: type[Exception] = (
-    import_module("mcp").MCPError
-    if MCP_MAJOR >= 2
-    else import_module("mcp.shared.exceptions").McpError
-)
 
 pytestmark = pytest.mark.e2e
 
@@ -56,12 +55,6 @@ BOB = "bob-token-9876543210"
 WRONG = "nobodys-token-000000"
 USERS = {ALICE: "alice", BOB: "bob"}
 TIMEOUT = 10.0
-
-
-def structured(result: Any) -> dict[str, Any]:
-    """A tool result's structured content (``structuredContent`` in 1.x's model)."""
-    content = result.structured_content if MCP_MAJOR >= 2 else result.structuredContent
-    return dict(content or {})
 
 
 # --- the gateway -------------------------------------------------------------------------
@@ -162,12 +155,12 @@ class Gateway:
 
     @asynccontextmanager
     async def _session(self, url: str) -> AsyncIterator[ClientSession]:
-        if url.rstrip("/").endswith("/sse"):
-            transport = sse_client(url, auth=self.auth, httpx_client_factory=_traced_client)
-        else:
-            transport = streamable_http_client(url, http_client=self.http)
-        # streamable_http_client yields (read, write) in 2.x, (read, write, get_session_id) in 1.x
-        async with transport as streams, ClientSession(streams[0], streams[1]) as session:
+        if not url.rstrip("/").endswith("/sse"):
+            async with streamable_session(url, self.http) as session:
+                yield session
+            return
+        transport = sse_client(url, auth=self.auth, httpx_client_factory=_traced_client)
+        async with transport as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             yield session
 
