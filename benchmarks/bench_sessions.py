@@ -17,10 +17,11 @@ binds the credential and answers: "hop"). "pooled / floor" is the median pooled 
 
 Per round (the order alternates round by round): one client for 2 x ``--duration`` s making
 one call of each kind in turn (pooled, per-request, direct, hop: latency median and p95,
-calls/s), then, for each gateway and the direct client, ``--clients`` clients at once for
-``--duration`` s, spread over four users (calls/s, and the CPU time the gateway and the MCP
-server each spent per call, from ``/proc``). The table shows medians over rounds; "gain" is how many
-times better reuse does (per-request / reuse for times, reuse / per-request for rates).
+calls/s), then, for each kind, ``--clients`` clients at once for ``--duration`` s, spread
+over four users (calls/s, and the CPU time the gateway, the MCP server and this process each
+spent per call, from ``/proc`` and ``time.process_time``). The table shows medians over
+rounds; "gain" is how many times better reuse does (per-request / reuse for times, reuse /
+per-request for rates).
 Before the rounds, each gateway is warmed up (reuse: every user's session opened).
 
 Run: ``python benchmarks/bench_sessions.py [--rounds 5] [--duration 2] [--clients 16]``,
@@ -217,6 +218,7 @@ class Run:
     elapsed: float
     gateway_cpu: float  # seconds
     mcp_cpu: float
+    client_cpu: float = 0.0  # this process's (the load client's, or the direct SDK client's)
 
     @property
     def rate(self) -> float:
@@ -277,14 +279,20 @@ async def load(
     def gateway_cpu() -> float:
         return 0.0 if gateway is None else gateway.cpu_seconds()
 
-    cpu = gateway_cpu(), mcp.cpu_seconds()
+    cpu = gateway_cpu(), mcp.cpu_seconds(), time.process_time()
     started = time.perf_counter()
     deadline = started + duration
     async with asyncio.TaskGroup() as tasks:
         for token in _tokens(clients):
             tasks.create_task(loop(token))
     elapsed = time.perf_counter() - started
-    return Run(latencies, elapsed, gateway_cpu() - cpu[0], mcp.cpu_seconds() - cpu[1])
+    return Run(
+        latencies,
+        elapsed,
+        gateway_cpu() - cpu[0],
+        mcp.cpu_seconds() - cpu[1],
+        time.process_time() - cpu[2],
+    )
 
 
 async def interleaved(calls: dict[str, Call], order: list[str], duration: float) -> dict[str, Run]:
@@ -340,7 +348,7 @@ async def bench(rounds: int, duration: float, clients: int, profile: str) -> Non
         warm = (await client.get(stats_url)).json()
 
         single: dict[str, list[Run]] = {mode: [] for mode in calls}
-        many: dict[str, list[Run]] = {mode: [] for mode in [*MODES, "direct"]}
+        many: dict[str, list[Run]] = {mode: [] for mode in calls}
         for r in range(rounds):
             order = list(calls) if r % 2 == 0 else list(reversed(calls))
             for mode, run in (await interleaved(calls, order, 2 * duration)).items():
@@ -361,6 +369,7 @@ async def bench(rounds: int, duration: float, clients: int, profile: str) -> Non
             "rate": [r.rate for r in runs],
             "gateway_cpu": [r.gateway_cpu / len(r.latencies) * 1e3 for r in runs],
             "mcp_cpu": [r.mcp_cpu / len(r.latencies) * 1e3 for r in runs],
+            "client_cpu": [r.client_cpu / len(r.latencies) * 1e3 for r in runs],
         }[figure]
         return statistics.median(values)
 
@@ -407,6 +416,16 @@ async def bench(rounds: int, duration: float, clients: int, profile: str) -> Non
         f"{clients} clients: {rate:.0f} calls/s through the gateway, {straight_rate:.0f} direct "
         f"({rate / straight_rate:.2f}x)"
     )
+    # The same floor in CPU time, which a shared machine's load does not inflate: the
+    # gateway's CPU per pooled call against the direct client's per call (the SDK's work,
+    # here in this process) plus the gateway's per hop.
+    pooled_cpu = median(many["reuse"], "gateway_cpu")
+    sdk_cpu, hop_cpu = median(many["direct"], "client_cpu"), median(many["hop"], "gateway_cpu")
+    print(
+        f"CPU, {clients} clients: the gateway {pooled_cpu:.2f} ms per pooled call; floor "
+        f"{sdk_cpu + hop_cpu:.2f} ms (the SDK client {sdk_cpu:.2f} per direct call + the "
+        f"gateway {hop_cpu:.2f} per hop): {pooled_cpu / (sdk_cpu + hop_cpu):.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -430,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.rounds, args.duration = 3, 1.0
     limit = QUICK_LIMIT if args.quick else TOTAL_LIMIT
-    planned = 5 * args.rounds * args.duration  # 5 runs a round; + start-up and warm-up
+    planned = 6 * args.rounds * args.duration  # 6 runs a round; + start-up and warm-up
     if not (args.rounds >= 1 and args.duration > 0 and 1 <= args.clients <= 64):
         parser.error("--rounds and --duration must be positive, --clients 1..64")
     if planned > limit - 20:
