@@ -12,12 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -32,6 +30,9 @@ from mcp_auth_middleware import (
     current_credentials,
 )
 from mcp_auth_middleware.sources.base import SourceRequest
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,12 +399,6 @@ MCP_VERSION = metadata.version("mcp")
 MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
 #: The HTTP library the installed SDK's client is built on: httpx2 (2.x) or httpx (1.x).
 sdk_http: Any = import_module("httpx2" if MCP_MAJOR >= 2 else "httpx")
-#: The error an SDK client session raises for an error answer.
-MCPError: type[Exception] = (
-    import_module("mcp").MCPError
-    if MCP_MAJOR >= 2
-    else import_module("mcp.shared.exceptions").McpError
-)
 
 
 def structured(result: Any) -> dict[str, Any]:
@@ -414,7 +409,14 @@ def structured(result: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def streamable_session(url: str, http_client: Any) -> AsyncIterator[ClientSession]:
-    """An initialized SDK session to ``url`` over ``http_client`` (an ``sdk_http`` client)."""
+    """An initialized SDK session to ``url`` over ``http_client`` (an ``sdk_http`` client).
+
+    The SDK is imported here, not with this module: importing ``mcp`` imports OpenTelemetry,
+    which some tests hide from the interpreter that imports this module.
+    """
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
     # streamable_http_client yields (read, write) in 2.x, (read, write, get_session_id) in 1.x
     async with (
         streamable_http_client(url, http_client=http_client) as streams,

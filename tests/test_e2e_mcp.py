@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,7 +37,6 @@ from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from mcp_auth_middleware.urls import normalize_server_url
 from tests.helpers import (
     MCP_MAJOR,
-    MCPError,
     mcp_tool,
     provider_data,
     sdk_http,
@@ -47,6 +47,12 @@ from tests.helpers import (
 if TYPE_CHECKING:
     import httpx2
 
+#: The error an SDK client session raises for an error answer.
+MCPError: type[Exception] = (
+    import_module("mcp").MCPError
+    if MCP_MAJOR >= 2
+    else import_module("mcp.shared.exceptions").McpError
+)
 
 pytestmark = pytest.mark.e2e
 
