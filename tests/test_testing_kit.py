@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import socket
 import statistics
@@ -244,6 +245,33 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
         assert sock.getsockname()[0] == "127.0.0.1"
     with socket.create_server(("127.0.0.1", 0)) as other:
         assert other.proto != socket.IPPROTO_TCP  # why serve() does not use it
+
+
+def _accepted_nodelay(server_port: int, client: socket.socket) -> int:
+    """TCP_NODELAY of the server's end of ``client``'s connection: uvicorn runs in a thread of
+    this process, so that socket is one of its file descriptors (Linux: /proc/self/fd)."""
+    peer = client.getsockname()
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                if sock.getsockname()[1:2] == (server_port,) and sock.getpeername() == peer:
+                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        except OSError:  # not a socket, not connected, or closed meanwhile
+            continue
+    raise AssertionError(f"no accepted connection from {peer} on port {server_port}")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+def test_the_servers_end_of_every_connection_has_tcp_nodelay() -> None:
+    """What the IPPROTO_TCP socket is for, checked on the accepted connection itself: with a
+    protocol-0 listening socket asyncio leaves TCP_NODELAY off (0 here)."""
+    with serve(HELLO) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(1024).startswith(b"HTTP/1.1 200")  # accepted and served
+            assert _accepted_nodelay(port, client) != 0
 
 
 @pytest.mark.e2e
