@@ -43,7 +43,7 @@ def audit_log(mcp_audit_log: AuditLog) -> AuditLog:
 NEEDS_MCP2 = {
     "test_sessions.py": "MCPSessionPool is written for mcp 2.x",
     "test_reprs.py": "it covers MCPSessionPool, which is written for mcp 2.x",
-    "test_exact_url.py": "its gateway uses MCPSessionPool, which is written for mcp 2.x",
+    "test_exact_url.py": "it covers MCPSessionPool, which is written for mcp 2.x",
     "test_e2e_clients.py": "the example gateway uses MCPSessionPool and the mcp 2.x client",
     "test_demo.py": "the demo runs the example gateway (MCPSessionPool, the mcp 2.x client)",
     "test_soak.py": "the soak runs the example gateway (MCPSessionPool, the mcp 2.x client)",
