@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: all install demo test lint typecheck unit bench bench-quick soak clean
+.PHONY: all install demo test lint typecheck unit bench bench-quick soak clean test-mcp1
 
 all: test
 
@@ -70,6 +70,26 @@ $(VERSION_TESTS): test-%: .venv-%/.installed-dev
 	.venv-$*/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+## The end-to-end tests again against the `mcp` SDK 1.x (its client on httpx, its server), in
+## .venv-mcp1: the development extras, then mcp pinned to MCP1_VERSION. Test modules that need
+## mcp 2.x (the session pool, the example gateway) are skipped there, each with its reason.
+MCP1_VERSION ?= 1.30.0
+MCP1_TEST_ARGS ?= -m e2e
+MCP1_VENV := .venv-mcp1
+
+test-mcp1: $(MCP1_VENV)/.installed-dev
+	$(MCP1_VENV)/bin/python -m pytest $(MCP1_TEST_ARGS)
+
+$(MCP1_VENV)/.installed-dev: pyproject.toml Makefile
+	$(PYTHON) -m venv $(MCP1_VENV)
+	$(MCP1_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MCP1_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	@# pip warns that the dev extra asks for mcp 2.x: that is the point of this virtualenv.
+	$(MCP1_VENV)/bin/python -m pip install --quiet 'mcp==$(MCP1_VERSION)' 2>&1 | grep -v "dependency resolver\|requires mcp" || true
+	$(MCP1_VENV)/bin/python -m pip uninstall --quiet --yes mcp-types
+	$(MCP1_VENV)/bin/python -c 'import importlib.metadata as m, sys; v = m.version("mcp"); print("mcp", v); sys.exit(v != "$(MCP1_VERSION)")'
+	touch $@
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
@@ -97,4 +117,4 @@ soak: $(STAMP)
 		$(BIN)/python -m pytest -m slow --durations=5
 
 clean:
-	rm -rf $(VENV) $(addprefix .venv-,$(EXTRA_VERSIONS)) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
+	rm -rf $(VENV) $(addprefix .venv-,$(EXTRA_VERSIONS)) $(MCP1_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -29,9 +29,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, NamedTuple, Protocol, TypeVar, get_args
 
+from mcp_auth_middleware._mcp_sdk import mcp2_required
+
+try:  # written for the mcp SDK 2.x: on 1.x, say so at import rather than fail later
+    import httpx2
+    from mcp import MCPError
+except ImportError as exc:
+    raise mcp2_required("MCPSessionPool (mcp_auth_middleware.sessions)", exc) from exc
+
 import anyio
 import anyio.abc
-import httpx2
 import structlog
 from mcp import ClientSession, MCPError
 from mcp.client.sse import sse_client

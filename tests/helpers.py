@@ -7,10 +7,12 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import import_module, metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -40,6 +42,9 @@ except ImportError:  # pragma: no cover - a child process that hides opentelemet
     HAVE_MCP = False
 else:
     HAVE_MCP = True
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
 
 PROVIDER_DATA = "X-LlamaStack-Provider-Data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -550,3 +555,36 @@ if HAVE_MCP:
                 await inner(scope, receive, add_scope if scope["type"] == "http" else send)
 
             return challenge_with_scope
+
+
+# --- the installed mcp SDK: 2.x, or 1.x in make test-mcp1 ----------------------------------
+
+MCP_VERSION = metadata.version("mcp")
+MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
+#: The HTTP library the installed SDK's client is built on: httpx2 (2.x) or httpx (1.x).
+sdk_http: Any = import_module("httpx2" if MCP_MAJOR >= 2 else "httpx")
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """A tool result's structured content (``structuredContent`` in 1.x's model)."""
+    content = result.structured_content if MCP_MAJOR >= 2 else result.structuredContent
+    return dict(content or {})
+
+
+@asynccontextmanager
+async def streamable_session(url: str, http_client: Any) -> AsyncIterator[ClientSession]:
+    """An initialized SDK session to ``url`` over ``http_client`` (an ``sdk_http`` client).
+
+    The SDK is imported here, not with this module: importing ``mcp`` imports OpenTelemetry,
+    which some tests hide from the interpreter that imports this module.
+    """
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    # streamable_http_client yields (read, write) in 2.x, (read, write, get_session_id) in 1.x
+    async with (
+        streamable_http_client(url, http_client=http_client) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        yield session

@@ -5,6 +5,9 @@ opens an MCP session to the tool's ``server_url`` with the official ``mcp`` SDK 
 ``httpx2.AsyncClient(auth=MCPBearerAuth())`` and calls ``whoami``. It never touches a token:
 the middleware scopes the caller's credentials and ``MCPBearerAuth`` picks one per outgoing
 request. The MCP server knows its users by token, so its answer says whose token arrived.
+
+Every test runs on the installed ``mcp`` SDK's client and server: 2.x (its client on httpx2),
+and 1.x (its client on httpx; ``make test-mcp1``).
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import httpx
-import httpx2
 import pytest
-from mcp import ClientSession, MCPError
+from mcp import ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -33,12 +35,30 @@ from mcp_auth_middleware import (
     MCPBearerAuth,
     MCPUpstreamAuthError,
     current_credentials,
+    use_credentials,
 )
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import Call, RecordingMCPServer, serve
 from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from mcp_auth_middleware.urls import normalize_server_url
-from tests.helpers import mcp_tool, provider_data_bearer
+from tests.helpers import (
+    MCP_MAJOR,
+    mcp_tool,
+    provider_data_bearer,
+    sdk_http,
+    streamable_session,
+    structured,
+)
+
+if TYPE_CHECKING:
+    import httpx2
+
+#: The error an SDK client session raises for an error answer.
+MCPError: type[Exception] = (
+    import_module("mcp").MCPError
+    if MCP_MAJOR >= 2
+    else import_module("mcp.shared.exceptions").McpError
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +67,7 @@ BOB = "bob-token-9876543210"
 WRONG = "nobodys-token-000000"
 USERS = {ALICE: "alice", BOB: "bob"}
 TIMEOUT = 10.0
+
 
 # --- the gateway -------------------------------------------------------------------------
 
@@ -75,7 +96,7 @@ def _traced_client(
     auth: httpx2.Auth | None = None,
 ) -> httpx2.AsyncClient:
     """``httpx_client_factory`` for ``sse_client``: its own client, hops recorded."""
-    return httpx2.AsyncClient(
+    return sdk_http.AsyncClient(  # type: ignore[no-any-return]
         headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [_record_hop]}
     )
 
@@ -91,7 +112,7 @@ class Gateway:
 
     def __init__(self) -> None:
         self.auth = MCPBearerAuth()
-        self.http = httpx2.AsyncClient(
+        self.http = sdk_http.AsyncClient(
             auth=self.auth, timeout=TIMEOUT, event_hooks={"response": [_record_hop]}
         )
         self.sessions: dict[tuple[str, str | None], ClientSession] = {}
@@ -137,19 +158,20 @@ class Gateway:
                 else:
                     session, item["reused"] = await self._pooled(tool["server_url"], pool)
                     result = await session.call_tool("whoami", {})
-            except* (MCPError, MCPUpstreamAuthError, httpx2.HTTPError):
+            except* (MCPError, MCPUpstreamAuthError, sdk_http.HTTPError):
                 failed = [h["status"] for h in hops[first_hop:] if h["status"] >= 400]
                 item["error"] = {"mcp_status": failed[0] if failed else None}
             else:
-                item["output"] = (result.structured_content or {}).get("result")
+                item["output"] = structured(result).get("result")
         return item
 
     @asynccontextmanager
     async def _session(self, url: str) -> AsyncIterator[ClientSession]:
-        if url.rstrip("/").endswith("/sse"):
-            transport = sse_client(url, auth=self.auth, httpx_client_factory=_traced_client)
-        else:
-            transport = streamable_http_client(url, http_client=self.http)
+        if not url.rstrip("/").endswith("/sse"):
+            async with streamable_session(url, self.http) as session:
+                yield session
+            return
+        transport = sse_client(url, auth=self.auth, httpx_client_factory=_traced_client)
         async with transport as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             yield session
@@ -167,13 +189,16 @@ class Gateway:
     async def _hold(self, url: str, *, task_status: anyio.abc.TaskStatus[ClientSession]) -> None:
         """Own one pooled session (opened in this task, so closed in it) until shutdown.
 
-        This task runs in a copy of the opening request's context, so the handshake and the
-        session's GET stream carry the opener's token; each later message carries the token
-        of the request that sends it (the SDK sends in the sender's context).
+        The task outlives the opening request, so it scopes the opener's credentials itself
+        (``use_credentials``): a context copied from a request sees none once the request has
+        ended. The handshake and the session's GET stream carry the opener's token. With the
+        mcp SDK 2.x each later message carries the token of the request that sends it (the SDK
+        sends in the sender's context); with 1.x, the opener's (it sends from this task).
         """
-        async with self._session(url) as session:
-            task_status.started(session)
-            await self.closing.wait()
+        with use_credentials(current_credentials()):
+            async with self._session(url) as session:
+                task_status.started(session)
+                await self.closing.wait()
 
 
 # --- fixtures and helpers -----------------------------------------------------------------
@@ -307,6 +332,7 @@ async def test_a_pooled_session_is_reused_by_a_later_request_with_the_same_token
 ) -> None:
     tools = [mcp_tool(mcp_http.url, ALICE, label="s")]
     first = await ask(gateway, tools, pool="credential")
+    seen = len(mcp_http.mcp.requests)
     second = await ask(gateway, tools, pool="credential")
     assert first["output"] == [
         {"type": "mcp_call", "server_label": "s", "reused": False, "output": "alice"}
@@ -314,9 +340,10 @@ async def test_a_pooled_session_is_reused_by_a_later_request_with_the_same_token
     assert second["output"] == [
         {"type": "mcp_call", "server_label": "s", "reused": True, "output": "alice"}
     ]
-    # The later request sent only its tool call, on the open session, with its own token.
-    assert [(hop["method"], hop["status"]) for hop in second["hops"]] == [("POST", 200)]
-    assert second["hops"][0]["token"] == fingerprint(ALICE)
+    # The later request sent only its tool call, on the open session, with its own token
+    # (the server's own record: mcp 1.x sends it from the task that opened the session).
+    sent = [(r.method, r.status, r.token) for r in mcp_http.mcp.requests[seen:]]
+    assert sent == [("POST", 200, fingerprint(ALICE))]
     assert mcp_http.users == ["alice", "alice"]
 
 
@@ -326,19 +353,28 @@ async def test_a_pooled_session_is_reused_by_a_later_request_with_the_same_token
     [
         pytest.param("credential", {"reused": False, "output": "bob"}, id="keyed-by-credential"),
         pytest.param(
-            "server", {"reused": True, "error": {"mcp_status": 404}}, id="keyed-by-server-only"
+            "server",
+            # 2.x sends bob's call with bob's token: the server refuses it on alice's session.
+            # 1.x sends it from the task that opened the session, with alice's token: bob is
+            # answered as alice, and the server cannot tell.
+            {"reused": True, "error": {"mcp_status": 404}}
+            if MCP_MAJOR >= 2
+            else {"reused": True, "output": "alice"},
+            id="keyed-by-server-only",
         ),
     ],
 )
 async def test_pooled_sessions_must_be_keyed_by_credential(
     mcp_http: Upstream, gateway: str, pool: str, bob_gets: dict[str, Any]
 ) -> None:
-    """The server binds a session to the token that opened it: bob cannot use alice's."""
+    """A session belongs to the token that opened it: bob must never use alice's."""
     await ask(gateway, [mcp_tool(mcp_http.url, ALICE, label="s")], pool=pool)
+    seen = len(mcp_http.mcp.requests)
     answer = await ask(gateway, [mcp_tool(mcp_http.url, BOB, label="s")], pool=pool)
     assert answer["output"] == [{"type": "mcp_call", "server_label": "s", **bob_gets}]
-    assert {hop["token"] for hop in answer["hops"]} == {fingerprint(BOB)}
-    assert mcp_http.users == ["alice"] + (["bob"] if "output" in bob_gets else [])
+    bobs_call = {r.token for r in mcp_http.mcp.requests[seen:] if r.method == "POST"}
+    assert bobs_call == {fingerprint(ALICE if bob_gets.get("output") == "alice" else BOB)}
+    assert mcp_http.users == ["alice", bob_gets["output"]] if "output" in bob_gets else ["alice"]
 
 
 @pytest.mark.anyio
@@ -358,7 +394,10 @@ async def test_one_shared_client_sends_each_concurrent_request_its_own_token(
                 tg.start_soon(run, i, token)
     for token, answer in zip(callers, answers, strict=True):
         assert [item["output"] for item in answer["output"]] == [USERS[token]]
-        assert {hop["token"] for hop in answer["hops"]} == {fingerprint(token)}
+        # 1.x sends a pooled session's messages from the task that opened it, so they show
+        # among the opening request's hops; every hop a request saw carries its own token.
+        tokens = {hop["token"] for hop in answer["hops"]}
+        assert tokens == {fingerprint(token)} or (MCP_MAJOR < 2 and pool and not tokens)
     assert sorted(mcp_http.users) == ["alice"] * 4 + ["bob"] * 4
 
 

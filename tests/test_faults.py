@@ -25,8 +25,6 @@ import pytest
 import structlog
 from anyio import to_thread
 from fastapi import FastAPI
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -43,7 +41,7 @@ from mcp_auth_middleware import (
 )
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import serve
-from tests.helpers import asgi_scope, jbody, mcp_tool
+from tests.helpers import asgi_scope, jbody, mcp_tool, sdk_http, streamable_session
 
 TOKEN_A: Final = "fault-caller-a-token-1234567890"
 TOKEN_B: Final = "fault-caller-b-token-0987654321"
@@ -545,13 +543,10 @@ async def call_with_httpx2(url: str) -> int:
 
 
 async def call_with_mcp_sdk(url: str) -> int:
-    client = httpx2.AsyncClient(auth=MCPBearerAuth(), timeout=0.5)
-    async with (
-        client,
-        streamable_http_client(url, http_client=client) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    """The installed SDK's client (2.x on httpx2, 1.x on httpx)."""
+    client = sdk_http.AsyncClient(auth=MCPBearerAuth(), timeout=0.5)
+    async with client, streamable_session(url, client):
+        pass
     return 200  # pragma: no cover - every server here fails
 
 

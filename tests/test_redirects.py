@@ -21,8 +21,6 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +29,7 @@ from starlette.routing import Route
 from mcp_auth_middleware import MCPBearerAuth, MCPCredential, use_credentials
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing import serve
+from tests.helpers import sdk_http, streamable_session
 
 pytestmark = pytest.mark.e2e
 
@@ -242,19 +241,16 @@ async def test_a_same_origin_redirect_never_carries_the_token_to_another_server(
 
 
 async def mcp_initialize(url: str) -> str | None:
-    """Open an MCP session at ``url`` over a follow-redirects ``httpx2`` client.
+    """Open an MCP session at ``url`` over a follow-redirects client of the installed SDK's
+    HTTP library (httpx2 for mcp 2.x, httpx for 1.x).
 
     Returns the formatted exception (the SDK fails the handshake), or ``None``.
     """
-    client = httpx2.AsyncClient(auth=MCPBearerAuth(), follow_redirects=True, timeout=TIMEOUT)
+    client = sdk_http.AsyncClient(auth=MCPBearerAuth(), follow_redirects=True, timeout=TIMEOUT)
     try:
         with anyio.fail_after(TIMEOUT):
-            async with (
-                client,
-                streamable_http_client(url, http_client=client) as (read, write),
-                ClientSession(read, write) as session,
-            ):
-                await session.initialize()
+            async with client, streamable_session(url, client):
+                pass
     except Exception as exc:
         return "".join(traceback.format_exception(exc))
     return None

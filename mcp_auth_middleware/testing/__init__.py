@@ -17,7 +17,7 @@ See ``docs/testing.md``.
 from __future__ import annotations
 
 try:
-    import mcp.server.mcpserver  # noqa: F401
+    import mcp.server.auth.settings  # noqa: F401  (mcp 2.x, or 1.x: both serve the same server)
     import uvicorn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without them
     raise ImportError(

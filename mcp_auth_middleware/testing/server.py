@@ -1,5 +1,5 @@
-"""A real MCP server (the ``mcp`` SDK's ``MCPServer``) that knows its users by bearer token
-and records what every HTTP request brought it.
+"""A real MCP server (the ``mcp`` SDK's ``MCPServer``; ``FastMCP`` with ``mcp`` 1.x) that knows
+its users by bearer token and records what every HTTP request brought it.
 
 .. code-block:: python
 
@@ -27,12 +27,18 @@ from typing import Final, Literal
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
 from pydantic import AnyHttpUrl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware.credentials import fingerprint
 from mcp_auth_middleware.testing.serving import listening_socket, serve
+
+try:
+    from mcp.server.mcpserver import MCPServer
+except ImportError:  # mcp 1.x: the same server, under its 1.x name
+    from mcp.server.fastmcp import (  # type: ignore[no-redef,attr-defined,unused-ignore]
+        FastMCP as MCPServer,
+    )
 
 __all__ = [
     "PUBLIC_HEADERS",
