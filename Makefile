@@ -36,8 +36,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term
 
-## The whole suite: lint, types, tests (unit and end-to-end over 127.0.0.1).
-test: lint typecheck unit
+## The whole suite: lint, types, tests (unit and end-to-end over 127.0.0.1), then the
+## end-to-end tests again against the mcp SDK 1.x (test-mcp1): both majors, every time.
+test: lint typecheck unit test-mcp1
 
 ## The test suite again under Python 3.12 and 3.13, one virtualenv each (.venv-3.12,
 ## .venv-3.13). The interpreters: PYTHON312 / PYTHON313 if given, else python3.12 / python3.13
