@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_auth_middleware.audit import Auditor
 from mcp_auth_middleware.config import HeadersAuthorization, MCPAuthConfig, ProviderDataMode
-from mcp_auth_middleware.context import _credentials, _Scope
+from mcp_auth_middleware.context import CredentialsScope, inside_scope
 from mcp_auth_middleware.credentials import (
     EMPTY_CREDENTIALS,
     CredentialSource,
@@ -149,29 +149,21 @@ class MCPAuthMiddleware:
             return
         # Closed when the request ends: contexts copied during it (tasks, workers it
         # started) see an empty set from then on.
-        held = _Scope(credentials)
-        token = _credentials.set(held)
-        try:
+        with CredentialsScope(credentials):
             # Records the MCP servers' refusals of these credentials (audit, 424).
             await serve_recording_refusals(
                 self.app, request, replay, send, self._auditor, request_id
             )
-        finally:
-            held.close()
-            _credentials.reset(token)
 
     async def _without_credentials(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The application, for a request that carries no credentials. Served inside another
         scope (an in-process call made within ``use_credentials``, an outer middleware), it
         sees an empty set: a request sees its own credentials, never another's."""
-        if _credentials.get() is None:
+        if not inside_scope():
             await self.app(scope, receive, send)
             return
-        token = _credentials.set(_Scope(EMPTY_CREDENTIALS))
-        try:
+        with CredentialsScope(EMPTY_CREDENTIALS):
             await self.app(scope, receive, send)
-        finally:
-            _credentials.reset(token)
 
     async def _prepare(
         self,
