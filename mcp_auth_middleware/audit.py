@@ -36,6 +36,7 @@ __all__ = [
     "Auditor",
     "CallerOf",
     "authenticated_user",
+    "log_safe",
 ]
 
 AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
@@ -74,10 +75,10 @@ def authenticated_user(scope: Scope) -> str | None:
 
 
 @overload
-def _printable(value: str, limit: int = ...) -> str: ...
+def log_safe(value: str, limit: int = ...) -> str: ...
 @overload
-def _printable(value: str | None, limit: int = ...) -> str | None: ...
-def _printable(value: str | None, limit: int = 256) -> str | None:
+def log_safe(value: str | None, limit: int = ...) -> str | None: ...
+def log_safe(value: str | None, limit: int = 256) -> str | None:
     """A caller-chosen string made safe for any renderer: no control characters (a newline
     in a console log could forge a line), bounded length."""
     if value is None or (value.isprintable() and len(value) <= limit):
@@ -119,7 +120,7 @@ class Auditor:
         who = self._caller(request.scope)
         if who is None:
             return None
-        return _printable(who if type(who) is str else str(who))
+        return log_safe(who if type(who) is str else str(who))
 
     def resolved(
         self, items: Sequence[Resolved], request: SourceRequest, request_id: str | None
@@ -129,8 +130,8 @@ class Auditor:
             self._telemetry.resolved(items)
         if self._log is None:
             return
-        path = _printable(request.path, 2048)
-        request_id = _printable(request_id)
+        path = log_safe(request.path, 2048)
+        request_id = log_safe(request_id)
         # No ``caller`` field when it is unknown, so that a ``caller`` bound in structlog's
         # contextvars shows through.
         who = self._caller_of(request)
@@ -154,8 +155,8 @@ class Auditor:
         who = self._caller_of(request)
         context = {
             "method": request.method,
-            "path": _printable(request.path, 2048),
-            "request_id": _printable(request_id),
+            "path": log_safe(request.path, 2048),
+            "request_id": log_safe(request_id),
             **({} if who is None else {"caller": who}),
         }
 
@@ -177,7 +178,7 @@ class Auditor:
             request,
             request_id,
             code=exc.code,
-            param=_printable(exc.param),
+            param=log_safe(exc.param),
             source=exc.source,
         )
 
@@ -210,8 +211,8 @@ class Auditor:
             logger=AUDIT_LOGGER,
             **fields,
             method=request.method,
-            path=_printable(request.path, 2048),
-            request_id=_printable(request_id),
+            path=log_safe(request.path, 2048),
+            request_id=log_safe(request_id),
             **({} if who is None else {"caller": who}),
         )
 
@@ -225,11 +226,11 @@ def _fields_of(entry: Entry, shadowed: tuple[str, ...]) -> dict[str, Any]:
         "source": str(entry.source),
         "shadowed": list(shadowed),
         "server_url": None if server is None else server.loggable,
-        "server_label": _printable(entry.server_label),
+        "server_label": log_safe(entry.server_label),
         "fingerprint": entry.fingerprint if isinstance(entry, MCPCredential) else None,
     }
     if entry.headers:
         fields["headers"] = list(entry.headers)
     if entry.connector_id is not None:
-        fields["connector_id"] = _printable(entry.connector_id)
+        fields["connector_id"] = log_safe(entry.connector_id)
     return fields
