@@ -25,7 +25,7 @@ from mcp_auth_middleware.credentials import (
     MCPCredentials,
     MCPServerHeaders,
 )
-from mcp_auth_middleware.endpoints import EndpointBindings
+from mcp_auth_middleware.endpoints import Carried, EndpointBindings
 from mcp_auth_middleware.upstream import REFUSED_STATUSES, raise_refusal
 from mcp_auth_middleware.urls import (
     AmbiguousPath,
@@ -39,7 +39,7 @@ __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 # Request extension naming the headers this auth set, so the next hop can remove them.
 _APPLIED = "mcp_auth_middleware.applied_headers"
 #: What an outgoing request carries: a credential, a server's header-only entry, or nothing.
-_Carried = MCPCredential | MCPServerHeaders | None
+_Carried = Carried | None
 
 if TYPE_CHECKING:
     import httpx
