@@ -11,6 +11,7 @@ string, which may carry secrets. The same two points feed OpenTelemetry when it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -37,6 +38,7 @@ __all__ = [
     "CallerOf",
     "authenticated_user",
     "log_safe",
+    "request_id_of",
 ]
 
 AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
@@ -84,6 +86,22 @@ def log_safe(value: str | None, limit: int = 256) -> str | None:
     if value is None or (value.isprintable() and len(value) <= limit):
         return value
     return repr(value[:limit])[1:-1]
+
+
+_correlation_id: ContextVar[str | None] | None
+try:  # asgi-correlation-id's request id, when that middleware is installed
+    from asgi_correlation_id import correlation_id as _correlation_id
+except ImportError:  # pragma: no cover - exercised when the package is absent
+    _correlation_id = None
+
+
+def request_id_of(header: bytes | None) -> str | None:
+    """The request id audit events carry: asgi-correlation-id's, else the request's first
+    ``X-Request-ID`` header (``header``, bounded)."""
+    value = _correlation_id.get() if _correlation_id is not None else None
+    if value:
+        return value
+    return None if header is None else header[:128].decode("latin-1") or None
 
 
 class Auditor:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import inspect
 import re
-from contextvars import ContextVar
 from typing import Any, Final, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_auth_middleware.audit import Auditor
+from mcp_auth_middleware.audit import Auditor, request_id_of
 from mcp_auth_middleware.config import HeadersAuthorization, MCPAuthConfig, ProviderDataMode
 from mcp_auth_middleware.context import CredentialsScope, inside_scope
 from mcp_auth_middleware.credentials import (
@@ -61,12 +60,6 @@ _FRAMING_HEADERS: Final = frozenset(
 )
 _HTTP_1: Final = frozenset({"1.0", "1.1"})
 _NO_BODY: Final = frozenset({"GET", "HEAD"})
-
-_correlation_id: ContextVar[str | None] | None
-try:  # asgi-correlation-id's request id, when that middleware is installed
-    from asgi_correlation_id import correlation_id as _correlation_id
-except ImportError:  # pragma: no cover - exercised when the package is absent
-    _correlation_id = None
 
 
 class MCPAuthMiddleware:
@@ -249,10 +242,10 @@ class MCPAuthMiddleware:
             resolve(found, self._precedence) if found else (EMPTY_CREDENTIALS, ())
         )
         if self._auditor is not None and resolved:
-            self._auditor.resolved(resolved, request, _request_id(request_id))
+            self._auditor.resolved(resolved, request, request_id_of(request_id))
             if credentials.default is not None or credentials.unbound_connectors:
                 # A later bind_default / bind_connector says which credential won.
-                credentials._on_bind = self._auditor.binder(request, _request_id(request_id))
+                credentials._on_bind = self._auditor.binder(request, request_id_of(request_id))
         return credentials
 
     def _redacted(self, request: SourceRequest, body: _Replay, receive: Receive) -> _Replay | None:
@@ -310,7 +303,7 @@ class MCPAuthMiddleware:
         error the audit log raises must not chain to it."""
         exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         if self._auditor is not None:
-            self._auditor.rejected(exc, request, _request_id(request_id))
+            self._auditor.rejected(exc, request, request_id_of(request_id))
         payload = error_body(exc.message, code=exc.code, param=exc.param)
         await send(
             {
@@ -499,14 +492,6 @@ def _invalid_from(name: str, exc: InvalidCredential) -> CredentialRejected:
     code = _INVALID_FIELD_CODES.get(exc.field, INVALID_AUTHORIZATION)
     message = f"Credential source '{name}' gave an invalid credential: {exc}."
     return CredentialRejected(code, name, message=message, source=name)
-
-
-def _request_id(header: bytes | None) -> str | None:
-    """asgi-correlation-id's request id, else the first ``X-Request-ID`` (bounded)."""
-    value = _correlation_id.get() if _correlation_id is not None else None
-    if value:
-        return value
-    return None if header is None else header[:128].decode("latin-1") or None
 
 
 def _too_large(limit: int) -> CredentialRejected:
