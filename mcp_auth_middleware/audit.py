@@ -11,6 +11,7 @@ string, which may carry secrets. The same two points feed OpenTelemetry when it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -36,6 +37,8 @@ __all__ = [
     "Auditor",
     "CallerOf",
     "authenticated_user",
+    "log_safe",
+    "request_id_of",
 ]
 
 AUDIT_LOGGER: Final = "mcp_auth_middleware.audit"
@@ -74,15 +77,31 @@ def authenticated_user(scope: Scope) -> str | None:
 
 
 @overload
-def _printable(value: str, limit: int = ...) -> str: ...
+def log_safe(value: str, limit: int = ...) -> str: ...
 @overload
-def _printable(value: str | None, limit: int = ...) -> str | None: ...
-def _printable(value: str | None, limit: int = 256) -> str | None:
+def log_safe(value: str | None, limit: int = ...) -> str | None: ...
+def log_safe(value: str | None, limit: int = 256) -> str | None:
     """A caller-chosen string made safe for any renderer: no control characters (a newline
     in a console log could forge a line), bounded length."""
     if value is None or (value.isprintable() and len(value) <= limit):
         return value
     return repr(value[:limit])[1:-1]
+
+
+_correlation_id: ContextVar[str | None] | None
+try:  # asgi-correlation-id's request id, when that middleware is installed
+    from asgi_correlation_id import correlation_id as _correlation_id
+except ImportError:  # pragma: no cover - exercised when the package is absent
+    _correlation_id = None
+
+
+def request_id_of(header: bytes | None) -> str | None:
+    """The request id audit events carry: asgi-correlation-id's, else the request's first
+    ``X-Request-ID`` header (``header``, bounded)."""
+    value = _correlation_id.get() if _correlation_id is not None else None
+    if value:
+        return value
+    return None if header is None else header[:128].decode("latin-1") or None
 
 
 class Auditor:
@@ -119,7 +138,7 @@ class Auditor:
         who = self._caller(request.scope)
         if who is None:
             return None
-        return _printable(who if type(who) is str else str(who))
+        return log_safe(who if type(who) is str else str(who))
 
     def resolved(
         self, items: Sequence[Resolved], request: SourceRequest, request_id: str | None
@@ -129,8 +148,8 @@ class Auditor:
             self._telemetry.resolved(items)
         if self._log is None:
             return
-        path = _printable(request.path, 2048)
-        request_id = _printable(request_id)
+        path = log_safe(request.path, 2048)
+        request_id = log_safe(request_id)
         # No ``caller`` field when it is unknown, so that a ``caller`` bound in structlog's
         # contextvars shows through.
         who = self._caller_of(request)
@@ -154,8 +173,8 @@ class Auditor:
         who = self._caller_of(request)
         context = {
             "method": request.method,
-            "path": _printable(request.path, 2048),
-            "request_id": _printable(request_id),
+            "path": log_safe(request.path, 2048),
+            "request_id": log_safe(request_id),
             **({} if who is None else {"caller": who}),
         }
 
@@ -177,7 +196,7 @@ class Auditor:
             request,
             request_id,
             code=exc.code,
-            param=_printable(exc.param),
+            param=log_safe(exc.param),
             source=exc.source,
         )
 
@@ -210,8 +229,8 @@ class Auditor:
             logger=AUDIT_LOGGER,
             **fields,
             method=request.method,
-            path=_printable(request.path, 2048),
-            request_id=_printable(request_id),
+            path=log_safe(request.path, 2048),
+            request_id=log_safe(request_id),
             **({} if who is None else {"caller": who}),
         )
 
@@ -225,11 +244,11 @@ def _fields_of(entry: Entry, shadowed: tuple[str, ...]) -> dict[str, Any]:
         "source": str(entry.source),
         "shadowed": list(shadowed),
         "server_url": None if server is None else server.loggable,
-        "server_label": _printable(entry.server_label),
+        "server_label": log_safe(entry.server_label),
         "fingerprint": entry.fingerprint if isinstance(entry, MCPCredential) else None,
     }
     if entry.headers:
         fields["headers"] = list(entry.headers)
     if entry.connector_id is not None:
-        fields["connector_id"] = _printable(entry.connector_id)
+        fields["connector_id"] = log_safe(entry.connector_id)
     return fields

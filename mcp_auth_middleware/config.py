@@ -6,7 +6,6 @@ A bad value fails at start-up, naming the field (constructor) or the variable (`
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Final
@@ -14,7 +13,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_auth_middleware.audit import CallerOf, authenticated_user
-from mcp_auth_middleware.checks import RESERVED_HEADERS
+from mcp_auth_middleware.checks import RESERVED_HEADERS, is_header_name
 from mcp_auth_middleware.credentials import (
     CredentialSource,
     InvalidCredential,
@@ -38,7 +37,6 @@ _CONSTRUCTOR_ONLY: Final = frozenset({"sources", "caller"})  # objects: no varia
 _NOT_PROVIDER_DATA: Final = frozenset(
     {"authorization", "content-encoding", "content-type", "x-request-id"} | RESERVED_HEADERS
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class ProviderDataMode(StrEnum):
@@ -99,7 +97,7 @@ class MCPAuthConfig(BaseModel):
         if not names:
             raise ValueError("must name at least one header")
         for value in names:
-            if not _HEADER_NAME.match(value):
+            if not is_header_name(value):
                 raise ValueError("must be HTTP header names (letters, digits and -)")
             if value.lower() in _NOT_PROVIDER_DATA:
                 # The middleware reads these for themselves: the source would never see them.

@@ -1,9 +1,17 @@
-"""The resolved credentials of one request: :class:`MCPCredential` and :class:`MCPCredentials`.
+"""The resolved credentials of one request.
 
-Both are immutable, and both check what they are given: a credential is valid wherever it was
+- :class:`MCPCredential`: a token (and maybe extra headers) for one MCP server, known by its
+  URL, its label, a connector id, or nothing (the request's unbound ``default``).
+- :class:`MCPServerHeaders`: headers and no token for one server or connector.
+- :class:`MCPCredentials`: the set one request carries, at most one entry per server, with
+  lookups (``for_server``, ``match_request``, ``headers_for``) and binding
+  (``bind_default``, ``bind_connector``: an unbound credential competes for a URL later).
+
+All are immutable, and all check what they are given: a credential is valid wherever it was
 made (a built-in source, a custom source, user code). Tokens are held in
 :class:`pydantic.SecretStr`; ``repr`` and ``str`` show neither tokens nor extra header values,
-nor the user-info or query of a server URL.
+nor the user-info or query of a server URL. Which entry an outgoing request gets is
+:mod:`mcp_auth_middleware.matching`'s rule; which source wins a server, :func:`beats`.
 """
 
 from __future__ import annotations
@@ -14,13 +22,13 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from typing import Any
 
 from pydantic import SecretStr
 
 from mcp_auth_middleware.checks import check_extra_header, check_token
-from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix, redacted_url
+from mcp_auth_middleware.matching import match_entry
+from mcp_auth_middleware.urls import ServerURL, parse_server_url, redacted_url
 
 __all__ = [
     "CredentialSource",
@@ -30,6 +38,9 @@ __all__ = [
     "MCPServerHeaders",
     "fingerprint",
 ]
+
+
+# --- the entries: MCPCredential and MCPServerHeaders ---------------------------------------
 
 
 class InvalidCredential(ValueError):
@@ -313,6 +324,8 @@ class MCPServerHeaders(_ServerEntry):
     __str__ = __repr__
 
 
+# --- the checks an entry's fields pass, and the competition between sources ----------------
+
 #: What a server gets from one source: a credential (a token, and maybe headers) or headers.
 Entry = MCPCredential | MCPServerHeaders
 #: Called with what a bind gave a server and the sources it beat (the audit's hook).
@@ -345,8 +358,8 @@ def check_connector_id(connector_id: Any) -> None:
 
 
 def server_of(server_url: str | None) -> ServerURL | None:
-    """Bound to a server we can compare requests against (an absolute http(s) URL), or to
-    none."""
+    """The normalised server an entry's ``server_url`` binds it to (an absolute http(s) URL
+    that requests are compared against), ``None`` for no URL; ``InvalidCredential`` else."""
     if server_url is None:
         return None
     try:
@@ -381,55 +394,7 @@ def _rank(source: str, order: Sequence[str]) -> int:
     return order.index(source) if source in order else len(order)
 
 
-_E = TypeVar("_E", bound=_ServerEntry)
-
-
-def _match(by_url: Mapping[str, _E], request: ServerURL) -> _E | None:
-    """The entry for an outgoing request: the exact URL, else the longest whole-segment
-    path prefix on the same origin; the same with the request's dot segments kept, or none
-    (see :meth:`MCPCredentials.match_request`)."""
-    chosen = by_url.get(request.url)
-    if chosen is None:
-        chosen = _longest_prefix(by_url, request, request.path)
-    if (
-        request.literal_path != request.path
-        and _longest_prefix(by_url, request, request.literal_path) is not chosen
-    ):
-        return None
-    return chosen
-
-
-def _longest_prefix(by_url: Mapping[str, _E], request: ServerURL, path: str) -> _E | None:
-    """The entry whose path is the longest whole-segment prefix of ``path`` on the request's
-    origin; an entry with a query only for exactly that query. ``None`` also when the
-    request's query differs from such an entry's in bytes but a server may read the two
-    alike (``tenant=%78``, ``tenant=x&``, ``tenant=y&tenant=x``)."""
-    best: _E | None = None
-    best_rank = (-1, False)
-    for entry in by_url.values():
-        server = entry._server
-        assert server is not None
-        if server.origin != request.origin or not path_is_prefix(server.path, path):
-            continue
-        if server.query and server.query != request.query:
-            if _read_alike(server.query, request.query):
-                return None
-            continue
-        rank = (len(server.path), bool(server.query))
-        if rank > best_rank:
-            best, best_rank = entry, rank
-    return best
-
-
-def _read_alike(query: str, other: str) -> bool:
-    """Whether a server may read two different query strings as the same parameters
-    (decoded; a repeated key's last value, or its first)."""
-
-    def readings(text: str) -> set[frozenset[tuple[str, str]]]:
-        pairs = parse_qsl(text, keep_blank_values=True)
-        return {frozenset(dict(pairs).items()), frozenset(dict(reversed(pairs)).items())}
-
-    return bool(readings(query) & readings(other))
+# --- the set -------------------------------------------------------------------------------
 
 
 class MCPCredentials:
@@ -464,8 +429,8 @@ class MCPCredentials:
     _by_url: dict[str, MCPCredential]
     _default: MCPCredential | None
     _header_items: tuple[MCPServerHeaders, ...]
-    _headers_by_connector: dict[str, MCPServerHeaders]
-    _headers_by_url: dict[str, MCPServerHeaders]
+    _headers_by_connector: Mapping[str, MCPServerHeaders]
+    _headers_by_url: Mapping[str, MCPServerHeaders]
     _items: tuple[MCPCredential, ...]
     _on_bind: OnBind | None
     _precedence: tuple[str, ...]
@@ -512,7 +477,7 @@ class MCPCredentials:
         self._by_connector = by_connector
         self._default = default
         self._header_items = ()
-        self._headers_by_url = self._headers_by_connector = _NO_ENTRIES  # type: ignore[assignment]
+        self._headers_by_url = self._headers_by_connector = _NO_ENTRIES
         if headers:
             self._index_headers(tuple(headers))
         self._precedence = DEFAULT_ORDER if precedence is None else tuple(precedence)
@@ -618,7 +583,7 @@ class MCPCredentials:
     def _headers_match(self, request: ServerURL) -> MCPServerHeaders | None:
         """The header-only entry for ``request``, by the rule of :meth:`match_request`:
         headers go to their server only."""
-        return _match(self._headers_by_url, request) if self._headers_by_url else None
+        return match_entry(self._headers_by_url, request) if self._headers_by_url else None
 
     def bind_default(self, server_url: str) -> MCPCredentials:
         """A copy in which the unbound default credential competes for ``server_url`` as if
@@ -703,7 +668,7 @@ class MCPCredentials:
         removes them or routes them as they are; otherwise none. The order credentials were
         given in never decides.
         """
-        return _match(self._by_url, request)
+        return match_entry(self._by_url, request)
 
     def __iter__(self) -> Iterator[MCPCredential]:
         return iter(self._items)

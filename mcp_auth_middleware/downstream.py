@@ -25,7 +25,7 @@ from mcp_auth_middleware.credentials import (
     MCPCredentials,
     MCPServerHeaders,
 )
-from mcp_auth_middleware.endpoints import EndpointBindings
+from mcp_auth_middleware.endpoints import Carried, EndpointBindings
 from mcp_auth_middleware.upstream import REFUSED_STATUSES, raise_refusal
 from mcp_auth_middleware.urls import (
     AmbiguousPath,
@@ -38,6 +38,8 @@ from mcp_auth_middleware.urls import (
 __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 # Request extension naming the headers this auth set, so the next hop can remove them.
 _APPLIED = "mcp_auth_middleware.applied_headers"
+#: What an outgoing request carries: a credential, a server's header-only entry, or nothing.
+_Carried = Carried | None
 
 if TYPE_CHECKING:
     import httpx
@@ -142,43 +144,49 @@ class MCPBearerAuth(_AuthBase):
             return chosen
         return stream if chosen is None or chosen is stream else None
 
-    def _apply(self, request: Any) -> MCPCredential | MCPServerHeaders | None:
+    def _carried(self, creds: MCPCredentials, target: ServerURL) -> _Carried:
+        """What a request to ``target`` carries: its credential, else its server's
+        header-only entry, else nothing."""
+        cred = self._choose(creds, target)
+        if cred is None and creds.server_headers:
+            return self._choose_headers(creds, target)
+        return cred
+
+    def _apply(self, request: Any) -> _Carried:
         """Set what ``request`` carries; return the credential or header-only entry set."""
         extensions = request.extensions
         for name in extensions.get(_APPLIED, ()):
             request.headers.pop(name, None)
-        creds = self._credentials()
         target = _target_of(request)
-        cred = entry = None
-        if target is not None:
-            cred = self._choose(creds, target)
-            if cred is None and creds.server_headers:
-                entry = self._choose_headers(creds, target)
-        carried = cred or entry
-        applied: tuple[str, ...] = ()
-        if carried is not None:
-            _check_transport(
-                request.url.scheme.lower(),
-                request.url.raw_host.decode("latin-1"),
-                self.allow_insecure_http,
-            )
-            # Checked when the entry was made; checked again because an HTTP client that
-            # refuses a header value puts the value in its error message and its logs.
-            if not all(check_extra_header(n, v) for n, v in carried.headers.items()):
-                raise InvalidCredential("headers", "not valid header values")
-            for name, value in carried.headers.items():
-                request.headers[name] = value
-            applied = tuple(carried.headers)
-            if cred is not None:
-                bearer = cred.bearer()
-                if check_token(bearer, require_bearer=True) is None:
-                    raise InvalidCredential("token", "not a valid header value")
-                request.headers["Authorization"] = bearer
-                applied = (*applied, "Authorization")
+        carried = None if target is None else self._carried(self._credentials(), target)
+        applied = () if carried is None else self._put(request, carried)
         if applied or _APPLIED in extensions:
             # A new dict: a redirect's request shares the previous hop's.
             request.extensions = {**extensions, _APPLIED: applied}
         return carried
+
+    def _put(self, request: Any, carried: MCPCredential | MCPServerHeaders) -> tuple[str, ...]:
+        """Put ``carried``'s headers (and a credential's ``Authorization``) on ``request``,
+        over a secure transport only; the names of the headers set."""
+        _check_transport(
+            request.url.scheme.lower(),
+            request.url.raw_host.decode("latin-1"),
+            self.allow_insecure_http,
+        )
+        # Checked when the entry was made; checked again because an HTTP client that
+        # refuses a header value puts the value in its error message and its logs.
+        if not all(check_extra_header(n, v) for n, v in carried.headers.items()):
+            raise InvalidCredential("headers", "not valid header values")
+        for name, value in carried.headers.items():
+            request.headers[name] = value
+        applied = tuple(carried.headers)
+        if isinstance(carried, MCPCredential):
+            bearer = carried.bearer()
+            if check_token(bearer, require_bearer=True) is None:
+                raise InvalidCredential("token", "not a valid header value")
+            request.headers["Authorization"] = bearer
+            applied = (*applied, "Authorization")
+        return applied
 
     def apply(self, request: Any) -> Any:
         """Set ``Authorization`` (and the credential's extra headers) on ``request``; for a
@@ -206,7 +214,7 @@ class MCPBearerAuth(_AuthBase):
     def _answered(
         self,
         request: Any,
-        carried: MCPCredential | MCPServerHeaders | None,
+        carried: _Carried,
         response: Any,
         *,
         asynchronous: bool,
@@ -226,15 +234,12 @@ class MCPBearerAuth(_AuthBase):
             raise_refusal(carried, response)
         self._endpoints.watch(sent, response, carried, asynchronous=asynchronous)
 
-    def _carried_by(self, request: Any) -> MCPCredential | MCPServerHeaders | None:
+    def _carried_by(self, request: Any) -> _Carried:
+        """What a request this auth sent (a redirect's last hop) carried."""
         if not request.extensions.get(_APPLIED):
             return None
         target = _target_of(request)
-        if target is None:
-            return None
-        creds = self._credentials()
-        cred = self._choose(creds, target)
-        return cred if cred is not None else self._choose_headers(creds, target)
+        return None if target is None else self._carried(self._credentials(), target)
 
     def __call__(self, request: Any) -> Any:
         """Plain-callable form, for APIs that take ``request -> request``."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from mcp_auth_middleware.credentials import MCPCredential, MCPServerHeaders
-from mcp_auth_middleware.urls import parse_server_url, path_is_prefix
+from mcp_auth_middleware.urls import ServerURL, parse_server_url, path_is_prefix
 
 __all__ = ["EndpointBindings"]
 
@@ -104,16 +104,17 @@ class _Watch:
         self,
         stream: Any,
         reader: _EndpointEvent,
-        found: Callable[[str], None],
-        closed: Callable[[], None],
+        on_endpoint: Callable[[str], None],
+        on_close: Callable[[], None],
     ) -> None:
-        self._stream, self._reader, self._found, self._closed = stream, reader, found, closed
+        self._stream, self._reader = stream, reader
+        self._on_endpoint, self._on_close = on_endpoint, on_close
 
     def _see(self, chunk: bytes) -> None:
         if not self._reader.done:
             data = self._reader.feed(chunk)
             if data is not None:
-                self._found(data)
+                self._on_endpoint(data)
 
 
 class _WatchedAsyncStream(_Watch, _AsyncStreamBase):
@@ -123,7 +124,7 @@ class _WatchedAsyncStream(_Watch, _AsyncStreamBase):
             yield chunk
 
     async def aclose(self) -> None:
-        self._closed()
+        self._on_close()
         await self._stream.aclose()
 
 
@@ -134,7 +135,7 @@ class _WatchedSyncStream(_Watch, _SyncStreamBase):
             yield chunk
 
     def close(self) -> None:
-        self._closed()
+        self._on_close()
         self._stream.close()
 
 
@@ -173,18 +174,12 @@ class EndpointBindings:
         if server is None:
             return
         stream_url = str(request.url)
-        directory = server.path.rpartition("/")[0] or "/"
-        try:
-            stream_path = parse_server_url(stream_url).path
-        except ValueError:
+        directory = _directory(server, stream_url)
+        if directory is None:
             return
-        if stream_path != server.path and path_is_prefix(server.path, stream_path):
-            # A stream under the credential's server (a token for /a, the stream /a/sse):
-            # that server, not its parent, is the directory; else /c/... would be in reach.
-            directory = server.path
         bound: list[str] = []
 
-        def found(data: str) -> None:
+        def bind(data: str) -> None:
             try:
                 endpoint = parse_server_url(urljoin(stream_url, data.strip()))
             except ValueError:
@@ -200,7 +195,7 @@ class EndpointBindings:
             while len(self._bound) > MAX_BINDINGS:
                 self._bound.popitem(last=False)
 
-        def closed() -> None:
+        def unbind() -> None:
             for url in bound:
                 if self._bound.get(url) is credential:
                     del self._bound[url]
@@ -209,6 +204,21 @@ class EndpointBindings:
         reader = _EndpointEvent()
         stream = response.stream
         if asynchronous:
-            response.stream = _WatchedAsyncStream(stream, reader, found, closed)
+            response.stream = _WatchedAsyncStream(stream, reader, bind, unbind)
         else:
-            response.stream = _WatchedSyncStream(stream, reader, found, closed)
+            response.stream = _WatchedSyncStream(stream, reader, bind, unbind)
+
+
+def _directory(server: ServerURL, stream_url: str) -> str | None:
+    """The path an endpoint announced on the stream at ``stream_url`` must be under, for a
+    credential given for ``server``: the directory of the server's path, or the server's
+    path itself when the stream is below it; ``None`` if the stream URL does not parse."""
+    try:
+        stream_path = parse_server_url(stream_url).path
+    except ValueError:
+        return None
+    if stream_path != server.path and path_is_prefix(server.path, stream_path):
+        # A stream under the credential's server (a token for /a, the stream /a/sse):
+        # that server, not its parent, is the directory; else /c/... would be in reach.
+        return server.path
+    return server.path.rpartition("/")[0] or "/"

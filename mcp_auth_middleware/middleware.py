@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_auth_middleware.audit import Auditor
+from mcp_auth_middleware.audit import Auditor, request_id_of
 from mcp_auth_middleware.config import HeadersAuthorization, MCPAuthConfig, ProviderDataMode
-from mcp_auth_middleware.context import _credentials, _Scope
+from mcp_auth_middleware.context import CredentialsScope, inside_scope
 from mcp_auth_middleware.credentials import (
     EMPTY_CREDENTIALS,
     CredentialSource,
@@ -62,12 +61,6 @@ _FRAMING_HEADERS: Final = frozenset(
 _HTTP_1: Final = frozenset({"1.0", "1.1"})
 _NO_BODY: Final = frozenset({"GET", "HEAD"})
 
-_correlation_id: ContextVar[str | None] | None
-try:  # asgi-correlation-id's request id, when that middleware is installed
-    from asgi_correlation_id import correlation_id as _correlation_id
-except ImportError:  # pragma: no cover - exercised when the package is absent
-    _correlation_id = None
-
 
 class MCPAuthMiddleware:
     """Pull per-server MCP credentials from each request and scope them for its lifetime.
@@ -90,13 +83,11 @@ class MCPAuthMiddleware:
         sources = _sources_of(config)
         self._active = config.enabled and bool(sources)
         self._reads_body = any(source.needs_body for source in sources)
-        # Each source with: whether it is a custom one (its answer is checked), and whether it
-        # reads only headers of its own (the provider-data source: not asked when the request
-        # carries none of them). Per-server headers (a pattern of names) and custom sources
-        # (anything at all) are asked on every request.
+        # Per-server headers (a pattern of names) and custom sources (anything at all) are
+        # asked on every request; the provider-data source only when its headers are present.
         custom = set(map(id, config.sources))
         self._sources = tuple(
-            (source, id(source) in custom, isinstance(source, ProviderDataSource))
+            _EnabledSource(source, id(source) in custom, isinstance(source, ProviderDataSource))
             for source in sources
         )
         self._asks_every_request = config.server_headers or bool(config.sources)
@@ -149,29 +140,21 @@ class MCPAuthMiddleware:
             return
         # Closed when the request ends: contexts copied during it (tasks, workers it
         # started) see an empty set from then on.
-        held = _Scope(credentials)
-        token = _credentials.set(held)
-        try:
+        with CredentialsScope(credentials):
             # Records the MCP servers' refusals of these credentials (audit, 424).
             await serve_recording_refusals(
                 self.app, request, replay, send, self._auditor, request_id
             )
-        finally:
-            held.close()
-            _credentials.reset(token)
 
     async def _without_credentials(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The application, for a request that carries no credentials. Served inside another
         scope (an in-process call made within ``use_credentials``, an outer middleware), it
         sees an empty set: a request sees its own credentials, never another's."""
-        if _credentials.get() is None:
+        if not inside_scope():
             await self.app(scope, receive, send)
             return
-        token = _credentials.set(_Scope(EMPTY_CREDENTIALS))
-        try:
+        with CredentialsScope(EMPTY_CREDENTIALS):
             await self.app(scope, receive, send)
-        finally:
-            _credentials.reset(token)
 
     async def _prepare(
         self,
@@ -202,57 +185,79 @@ class MCPAuthMiddleware:
                     request.decoded = parse_body(body.data(), max_tools=self._max_tools)
             if request.decoded is None and not (source_headers or self._asks_every_request):
                 return replay, EMPTY_CREDENTIALS  # nothing any source could read
-            found: list[tuple[str, list[MCPCredential | MCPServerHeaders]]] = []
-            for source, custom, own_headers_only in self._sources:
-                if own_headers_only and not source_headers:
-                    continue
-                failed: str | None = None
-                try:
-                    got: Any = source.read(request)
-                    if custom and inspect.isawaitable(got):
-                        got = await got
-                except InvalidCredential as exc:  # a custom source made a bad credential
-                    raise _invalid_from(source.name, exc) from None
-                except CredentialRejected:
-                    raise
-                except Exception as exc:
-                    if not custom:
-                        raise
-                    failed = type(exc).__name__
-                if failed is not None:
-                    # Outside the except block: its message, traceback and locals (which may
-                    # quote a vault's answer) are not chained to what the server logs.
-                    raise CredentialSourceError(source.name, failed)
-                if custom:
-                    got = _checked(got, source.name)
-                if got:
-                    found.append((source.name, got))
+            found = await self._ask_sources(request, source_headers)
         except CredentialRejected as exc:
             refusal = exc
         if refusal is not None:
             await self._refuse(request, send, request_id, refusal)
             return None
-        credentials, resolved = (
-            resolve(found, self._precedence) if found else (EMPTY_CREDENTIALS, ())
-        )
-        if self._auditor is not None and resolved:
-            self._auditor.resolved(resolved, request, _request_id(request_id))
-            if credentials.default is not None or credentials.unbound_connectors:
-                # A later bind_default / bind_connector says which credential won.
-                credentials._on_bind = self._auditor.binder(request, _request_id(request_id))
+        credentials = self._resolve_and_audit(found, request, request_id)
         if self.config.redact_body and body is not None and request.decoded is not None:
-            redacted = redact_body(body.data(), tool_headers=self._headers_authorization)
+            redacted = self._redacted(request, body, receive)
             if redacted is None:
                 # msgspec read it but json.loads cannot: the application could not parse it
                 # either, and we will not hand it a body with credentials still inside.
                 invalid = CredentialRejected(INVALID_BODY, "body", source="body")
                 await self._refuse(request, send, request_id, invalid)
                 return None
-            declared = (b"content-length", str(len(redacted)).encode())
-            headers = [(k, v) for k, v in request.scope["headers"] if k != declared[0]]
-            request.scope = {**request.scope, "headers": [*headers, declared]}
-            replay = _Replay([{"type": "http.request", "body": redacted}], receive)
+            replay = redacted
         return replay, credentials
+
+    async def _ask_sources(self, request: SourceRequest, source_headers: bool) -> list[_Found]:
+        """What each enabled source finds, in precedence order (sources that find nothing
+        left out). Raises the refusal of the first source that refuses; a custom source's
+        own error becomes :class:`CredentialSourceError`, its answer is type-checked."""
+        found: list[_Found] = []
+        for source, custom, own_headers_only in self._sources:
+            if own_headers_only and not source_headers:
+                continue
+            failed: str | None = None
+            try:
+                got: Any = source.read(request)
+                if custom and inspect.isawaitable(got):
+                    got = await got
+            except InvalidCredential as exc:  # a custom source made a bad credential
+                raise _invalid_from(source.name, exc) from None
+            except CredentialRejected:
+                raise
+            except Exception as exc:
+                if not custom:
+                    raise
+                failed = type(exc).__name__
+            if failed is not None:
+                # Outside the except block: its message, traceback and locals (which may
+                # quote a vault's answer) are not chained to what the server logs.
+                raise CredentialSourceError(source.name, failed)
+            if custom:
+                got = _checked(got, source.name)
+            if got:
+                found.append((source.name, got))
+        return found
+
+    def _resolve_and_audit(
+        self, found: list[_Found], request: SourceRequest, request_id: bytes | None
+    ) -> MCPCredentials:
+        """The credentials the sources' findings resolve to, audited."""
+        credentials, resolved = (
+            resolve(found, self._precedence) if found else (EMPTY_CREDENTIALS, ())
+        )
+        if self._auditor is not None and resolved:
+            self._auditor.resolved(resolved, request, request_id_of(request_id))
+            if credentials.default is not None or credentials.unbound_connectors:
+                # A later bind_default / bind_connector says which credential won.
+                credentials._on_bind = self._auditor.binder(request, request_id_of(request_id))
+        return credentials
+
+    def _redacted(self, request: SourceRequest, body: _Replay, receive: Receive) -> _Replay | None:
+        """The ``receive`` of a body without the credentials in it (``request.scope`` gets
+        its Content-Length); ``None`` if it cannot be re-encoded."""
+        redacted = redact_body(body.data(), tool_headers=self._headers_authorization)
+        if redacted is None:
+            return None
+        declared = (b"content-length", str(len(redacted)).encode())
+        headers = [(k, v) for k, v in request.scope["headers"] if k != declared[0]]
+        request.scope = {**request.scope, "headers": [*headers, declared]}
+        return _Replay([{"type": "http.request", "body": redacted}], receive)
 
     async def _read(self, receive: Receive, length: int) -> tuple[_Replay, bool] | None:
         """The body's first messages, and all of them if it may be a JSON object (then
@@ -298,7 +303,7 @@ class MCPAuthMiddleware:
         error the audit log raises must not chain to it."""
         exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         if self._auditor is not None:
-            self._auditor.rejected(exc, request, _request_id(request_id))
+            self._auditor.rejected(exc, request, request_id_of(request_id))
         payload = error_body(exc.message, code=exc.code, param=exc.param)
         await send(
             {
@@ -313,12 +318,34 @@ class MCPAuthMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _framing(
-    scope: Scope, watched: frozenset[bytes]
-) -> tuple[int | None, bool, bytes | None, CredentialRejected | None]:
+class _EnabledSource(NamedTuple):
+    source: MCPCredentialSource
+    #: A custom source: its answer is checked, its own errors are replaced.
+    custom: bool
+    #: It reads only headers of its own (provider data): not asked when none is present.
+    own_headers_only: bool
+
+
+#: One source's findings: its name and what it found.
+_Found = tuple[str, list[MCPCredential | MCPServerHeaders]]
+
+
+class _Framing(NamedTuple):
+    """What the headers say before any body is read."""
+
+    #: The declared body length (0: undeclared; ``None``: no body can come).
+    length: int | None
+    #: Whether a header the provider-data source reads is present.
+    source_headers: bool
+    #: The first ``X-Request-ID``.
+    request_id: bytes | None
+    #: The request's refusal, if the framing refuses it.
+    refusal: CredentialRejected | None
+
+
+def _framing(scope: Scope, watched: frozenset[bytes]) -> _Framing:
     """One pass over the headers, for the names the middleware reads (ASGI servers lower-case
-    them): the declared body length (0: undeclared; ``None``: no body can come), whether a
-    header the provider-data source reads is present, the request id, and a refusal.
+    them).
 
     Only an HTTP/1 GET or HEAD without a Content-Length above 0 or a Transfer-Encoding
     certainly has no body: HTTP/2 and later need neither header to send one, and a body that
@@ -349,20 +376,20 @@ def _framing(
     length = _content_length(lengths) if lengths else None
     if length == -1:
         invalid = CredentialRejected(INVALID_CONTENT_LENGTH, "Content-Length")
-        return None, source_headers, request_id, invalid
+        return _Framing(None, source_headers, request_id, invalid)
     if not (
         length
         or chunked
         or scope["method"] not in _NO_BODY
         or scope.get("http_version", "1.0") not in _HTTP_1
     ):
-        return None, source_headers, request_id, None
+        return _Framing(None, source_headers, request_id, None)
     refusal: CredentialRejected | None = None
     if coded:
         refusal = CredentialRejected(UNSUPPORTED_CONTENT_ENCODING, "Content-Encoding", status=415)
     elif foreign_charset:
         refusal = CredentialRejected(UNSUPPORTED_CHARSET, "Content-Type", status=415)
-    return length or 0, source_headers, request_id, refusal
+    return _Framing(length or 0, source_headers, request_id, refusal)
 
 
 def _sources_of(config: MCPAuthConfig) -> tuple[MCPCredentialSource, ...]:
@@ -465,14 +492,6 @@ def _invalid_from(name: str, exc: InvalidCredential) -> CredentialRejected:
     code = _INVALID_FIELD_CODES.get(exc.field, INVALID_AUTHORIZATION)
     message = f"Credential source '{name}' gave an invalid credential: {exc}."
     return CredentialRejected(code, name, message=message, source=name)
-
-
-def _request_id(header: bytes | None) -> str | None:
-    """asgi-correlation-id's request id, else the first ``X-Request-ID`` (bounded)."""
-    value = _correlation_id.get() if _correlation_id is not None else None
-    if value:
-        return value
-    return None if header is None else header[:128].decode("latin-1") or None
 
 
 def _too_large(limit: int) -> CredentialRejected:

@@ -28,7 +28,7 @@ from mcp_auth_middleware.audit import (
     AUDIT_LOGGER,
     CREDENTIAL_REJECTED,
     CREDENTIAL_RESOLVED,
-    _printable,
+    log_safe,
 )
 from mcp_auth_middleware.credentials import CredentialSource
 
@@ -156,7 +156,7 @@ def _seen(table: dict[tuple[str, str], list[Any]], key: tuple[str, str], when: d
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else _printable(str(value))
+    return None if value is None else log_safe(str(value))
 
 
 def _server(event: dict[str, Any]) -> str:

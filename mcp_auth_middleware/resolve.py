@@ -64,14 +64,14 @@ def _one_per_server(
     source: str, entries: Sequence[Entry], order: tuple[str, ...]
 ) -> MCPCredentials:
     """``entries`` as a set, which refuses two for one server (see :class:`MCPCredentials`)."""
-    creds: Sequence[Entry] = entries
+    creds: list[MCPCredential] = []
     headers: list[MCPServerHeaders] = []
     for entry in entries:
-        if type(entry) is not MCPCredential:  # rare: split them
-            creds = [e for e in entries if isinstance(e, MCPCredential)]
-            headers = [e for e in entries if isinstance(e, MCPServerHeaders)]
-            break
+        if isinstance(entry, MCPCredential):
+            creds.append(entry)
+        elif isinstance(entry, MCPServerHeaders):
+            headers.append(entry)
     try:
-        return MCPCredentials(creds, headers=headers, precedence=order)  # type: ignore[arg-type]
+        return MCPCredentials(creds, headers=headers, precedence=order)
     except ValueError as exc:
         raise ValueError(f"credential source {source!r}: {exc}") from None

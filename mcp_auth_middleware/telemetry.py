@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from mcp_auth_middleware.audit import _printable as printable
+from mcp_auth_middleware.audit import log_safe
 from mcp_auth_middleware.credentials import MCPCredential
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class Telemetry:
         self._rejections.add(1, attributes)
         span = self._current_span()
         if span.is_recording():
-            span.add_event(REJECTION_EVENT, {**attributes, REJECTION_PARAM: printable(exc.param)})
+            span.add_event(REJECTION_EVENT, {**attributes, REJECTION_PARAM: log_safe(exc.param)})
             span.set_attribute(REJECTION_CODE, exc.code)
 
     def refused_upstream(self, exc: MCPUpstreamAuthError) -> None:
@@ -182,10 +182,10 @@ def _annotate(span: Any, items: Sequence[Resolved]) -> None:
         }
         server = cred.server
         if server is not None:
-            event[SERVER_URL] = printable(server.loggable, 2048)
+            event[SERVER_URL] = log_safe(server.loggable, 2048)
         label = cred.server_label
         if label is not None:
-            event[SERVER_LABEL] = printable(label)
+            event[SERVER_LABEL] = log_safe(label)
         span.add_event(CREDENTIAL_EVENT, event)
     span.set_attribute(SOURCES, list(sources))
     span.set_attribute(SHADOWED, list(shadowed_all))

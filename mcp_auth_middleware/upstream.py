@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
+from mcp_auth_middleware.audit import request_id_of
 from mcp_auth_middleware.errors import error_body
 from mcp_auth_middleware.urls import parse_server_url
 
@@ -337,9 +338,7 @@ class _Refusals:
         self.errors.append(exc)
         del self.errors[:-_MAX_RECORDED]
         if self.auditor is not None and self.request is not None:
-            from mcp_auth_middleware.middleware import _request_id
-
-            self.auditor.refused_upstream(exc, self.request, _request_id(self.request_id))
+            self.auditor.refused_upstream(exc, self.request, request_id_of(self.request_id))
 
 
 _refusals: ContextVar[_Refusals | None] = ContextVar(

@@ -1,4 +1,5 @@
-"""Server identity: URL normalisation and matching of outgoing requests.
+"""Server identity: URL normalisation, and the path prefix test outgoing requests are
+matched by (the matching rule itself is :mod:`mcp_auth_middleware.matching`).
 
 Two URLs name the same MCP server when they are equal after normalisation: scheme and host
 lower-cased, default port dropped, empty path equal to ``/``, one trailing slash ignored,
@@ -116,6 +117,7 @@ def _remove_dot_segments(segments: list[str]) -> str:
 
 
 def _trim(path: str) -> str:
+    """An empty path as ``/``, and one trailing slash dropped (``/mcp/`` is ``/mcp``)."""
     if not path:
         return "/"
     if len(path) > 1 and path.endswith("/"):

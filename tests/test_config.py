@@ -98,6 +98,11 @@ def test_config_is_immutable() -> None:
             {"provider_data_header": "X-Provider:Data"}, "provider_data_header", id="header-colon"
         ),
         pytest.param(
+            {"provider_data_header": ("X-Provider-Data\n",)},
+            "provider_data_header",
+            id="header-trailing-newline",
+        ),
+        pytest.param(
             {"provider_data_header": "X-Pr\u00f6vider-Data"},
             "provider_data_header",
             id="header-utf8",

@@ -11,7 +11,7 @@ keeps, per server, the first source's credential.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.types import Scope
 
@@ -19,6 +19,9 @@ from mcp_auth_middleware.checks import MAX_TOKEN_LENGTH, check_token
 from mcp_auth_middleware.credentials import MCPCredential, MCPServerHeaders
 from mcp_auth_middleware.errors import INVALID_AUTHORIZATION, CredentialRejected
 from mcp_auth_middleware.urls import redacted_url
+
+if TYPE_CHECKING:  # body.py imports this module
+    from mcp_auth_middleware.sources.body import Body
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -94,9 +97,8 @@ class ParsedBody:
         return f"ParsedBody(tools={list(self.tools)!r}, authorization=[secure], mcp_endpoint=...)"
 
     @classmethod
-    def of(cls, decoded: Any) -> ParsedBody:
-        """The view of a decoded body (``tools``, ``authorization``, ``mcp_endpoint``; each
-        tool with ``type`` and the fields of :class:`MCPTool`): its MCP tools only."""
+    def of(cls, decoded: Body) -> ParsedBody:
+        """The view of the middleware's decoded body: its MCP tools only."""
         return cls(
             tuple(
                 MCPTool(
@@ -129,9 +131,10 @@ class SourceRequest:
     ``headers`` maps lower-cased header names to all their values (latin-1 decoded), built
     on first use; :meth:`header` and :meth:`header_values` are the cheap way to read one.
     ``body`` is ``None`` when the request body was not read (no source needs it, there is no
-    body, or it is not a JSON object); built on first use. ``scope`` is the ASGI scope
-    (``scope.get("user")`` for an authenticated user, ``scope["state"]`` for what earlier
-    middleware stored).
+    body, or it is not a JSON object); built on first use from ``decoded``, the middleware's
+    own decoding of the body, which the built-in body source reads directly. ``scope`` is the
+    ASGI scope (``scope.get("user")`` for an authenticated user, ``scope["state"]`` for what
+    earlier middleware stored).
     """
 
     __slots__ = ("_body", "_headers", "decoded", "method", "path", "scope")
@@ -143,14 +146,13 @@ class SourceRequest:
         path: str,
         headers: Mapping[str, Sequence[str]] | None = None,
         body: ParsedBody | None = None,
-        decoded: Any = None,
+        decoded: Body | None = None,
     ) -> None:
         self.scope = scope
         self.method = method
         self.path = path
         self._body = body
         self._headers = headers
-        #: The middleware's decoded body (``mcp_auth_middleware.sources.body.Body``), if any.
         self.decoded = decoded
 
     @property

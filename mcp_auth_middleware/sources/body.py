@@ -194,17 +194,27 @@ def parse_body(body: bytes, *, max_tools: int = 128) -> Body | None:
     (``invalid_body``), too many tools (``too_many_tools``) or an MCP tool's ``headers``
     over :data:`MAX_HEADERS_JSON` (``invalid_headers``). See the module docstring.
     """
-    # Python's cyclic garbage collector is paused around the parse. A body of many small
-    # arrays or objects makes the parser allocate containers fast enough to start
-    # collections, and a full collection walks every object of the process (hundreds of
-    # milliseconds in a large one): the parse makes no reference cycles, and what it built
-    # is freed as soon as it is dropped.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with _GCPaused():
         return _parse(body, max_tools)
-    finally:
-        if paused:
+
+
+class _GCPaused:
+    """Python's cyclic garbage collector, paused for the block (a parse or a re-encoding).
+
+    A body of many small arrays or objects makes the parser allocate containers fast enough
+    to start collections, and a full collection walks every object of the process (hundreds
+    of milliseconds in a large one): a parse makes no reference cycles, and what it built is
+    freed as soon as it is dropped.
+    """
+
+    __slots__ = ("_was_enabled",)
+
+    def __enter__(self) -> None:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._was_enabled:
             gc.enable()
 
 
@@ -427,13 +437,8 @@ def redact_body(raw: bytes, *, tool_headers: bool = False) -> bytes | None:
         _ANY_CASE.search(raw) is None if tool_headers else b"authorization" not in raw
     ):  # (JSON keys are case-sensitive; header names are not)
         return raw
-    paused = gc.isenabled()  # as in parse_body
-    gc.disable()
-    try:
+    with _GCPaused():
         return _redacted(raw, tool_headers)
-    finally:
-        if paused:
-            gc.enable()
 
 
 # "Authorization" in any case, or a ``\u`` escape that may spell it.

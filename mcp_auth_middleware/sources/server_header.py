@@ -18,7 +18,7 @@ from mcp_auth_middleware.errors import (
     INVALID_SERVER_URL,
     CredentialRejected,
 )
-from mcp_auth_middleware.sources.base import SourceRequest, parse_token
+from mcp_auth_middleware.sources.base import MCPTool, SourceRequest, parse_token
 from mcp_auth_middleware.urls import parse_server_url
 
 __all__ = ["PREFIX", "SUFFIX", "ServerHeaderSource"]
@@ -48,37 +48,46 @@ class ServerHeaderSource:
             if len(values) > 1:
                 raise CredentialRejected(INVALID_AUTHORIZATION, param, source=_SOURCE)
             token = parse_token(values[0], param=param, source=_SOURCE, require_bearer=True)
-            tools = labels.get(label.casefold(), [])
-            urls = set()
-            for tool in tools:
-                if isinstance(tool.server_url, str):
-                    try:
-                        urls.add(parse_server_url(tool.server_url).url)
-                    except ValueError:
-                        raise CredentialRejected(
-                            INVALID_SERVER_URL, f"tools[{tool.position}].server_url", source=_SOURCE
-                        ) from None
-            if len(urls) > 1:
-                raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
-            if urls:
-                tool = next(t for t in tools if isinstance(t.server_url, str))
+            server = _server_url_for(labels.get(label.casefold(), []), param)
+            if server is None:  # no tool with this label has a URL: known by the label only
                 cred = MCPCredential(
-                    token=token,
-                    source=CredentialSource.SERVER_HEADER,
-                    server_url=tool.server_url,
-                    server_label=tool.server_label,
+                    token=token, source=CredentialSource.SERVER_HEADER, server_label=label
                 )
-                previous = by_server.setdefault(urls.pop(), cred)
-                if previous is cred:
-                    found.append(cred)
-                elif not previous.same_token(cred):  # another label, the same server
-                    raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
-            else:
-                found.append(
-                    MCPCredential(
-                        token=token,
-                        source=CredentialSource.SERVER_HEADER,
-                        server_label=label,
-                    )
-                )
+                found.append(cred)
+                continue
+            url, tool = server
+            cred = MCPCredential(
+                token=token,
+                source=CredentialSource.SERVER_HEADER,
+                server_url=tool.server_url,
+                server_label=tool.server_label,
+            )
+            previous = by_server.setdefault(url, cred)
+            if previous is cred:
+                found.append(cred)
+            elif not previous.same_token(cred):  # another label, the same server
+                raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
         return found
+
+
+def _server_url_for(tools: list[MCPTool], param: str) -> tuple[str, MCPTool] | None:
+    """The normalised server URL of the MCP tools that carry a header's label, with the first
+    of them (whose URL and label the credential takes); ``None`` if none has a URL.
+
+    Refused: a tool's URL that is not a valid server URL, and tools that name different
+    servers (``param`` is the header, which is then ambiguous).
+    """
+    urls = set()
+    for tool in tools:
+        if isinstance(tool.server_url, str):
+            try:
+                urls.add(parse_server_url(tool.server_url).url)
+            except ValueError:
+                raise CredentialRejected(
+                    INVALID_SERVER_URL, f"tools[{tool.position}].server_url", source=_SOURCE
+                ) from None
+    if len(urls) > 1:
+        raise CredentialRejected(CONFLICTING_CREDENTIALS, param, source=_SOURCE)
+    if not urls:
+        return None
+    return urls.pop(), next(t for t in tools if isinstance(t.server_url, str))
