@@ -1463,7 +1463,8 @@ def reference_provider_data(value: str) -> Verdict:
         return ("read", frozenset())
     if not isinstance(mcp, dict):
         return REFUSED
-    found: dict[str, tuple[str, Cred]] = {}
+    # normalised URL -> (token or None, the headers, the entry as summarised)
+    found: dict[str, tuple[str | None, dict[str, str], Cred]] = {}
     for url, entries in mcp.items():
         try:
             key = normalize_server_url(url)
@@ -1472,7 +1473,7 @@ def reference_provider_data(value: str) -> Verdict:
         if not isinstance(entries, dict):
             return REFUSED
         auth: list[str] = []
-        extra: list[str] = []
+        extra: dict[str, str] = {}
         for name, entry in entries.items():
             if not isinstance(entry, str):
                 return REFUSED
@@ -1483,24 +1484,35 @@ def reference_provider_data(value: str) -> Verdict:
                 _HTTP_TOKEN.fullmatch(name)
                 and name.lower() not in RESERVED_HEADERS
                 and _FIELD_VALUE.fullmatch(entry)
+                and name.lower() not in {n.lower() for n in extra}  # one name, any case
             ):
-                extra.append(name)
+                extra[name] = entry
             else:
                 return REFUSED
         if len(auth) > 1:
             return REFUSED
-        if not auth:
-            continue
-        match = _BEARER.fullmatch(auth[0])
-        if match is None or len(auth[0]) > 8192:
-            return REFUSED
-        token = match.group(1)
+        token: str | None = None
+        if auth:
+            match = _BEARER.fullmatch(auth[0])
+            if match is None or len(auth[0]) > 8192:
+                return REFUSED
+            token = match.group(1)
+        elif not extra:
+            continue  # nothing to send
+        # An entry without a token still sends its headers to that server (header-only).
+        item = (
+            key,
+            None,
+            "provider_data",
+            "" if token is None else fingerprint(token),
+            tuple(sorted(extra)),
+        )
         if key in found:
-            if found[key][0] != token:
+            if found[key][:2] != (token, extra):  # URLs naming one server must agree
                 return REFUSED
             continue
-        found[key] = (token, (key, None, "provider_data", fingerprint(token), tuple(sorted(extra))))
-    return ("read", frozenset(item for _, item in found.values()))
+        found[key] = (token, extra, item)
+    return ("read", frozenset(item for _, _, item in found.values()))
 
 
 def provider_data_verdict(value: str) -> Verdict:
