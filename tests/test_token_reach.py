@@ -46,6 +46,7 @@ from mcp_auth_middleware import (
     MCPBearerAuth,
     MCPCredential,
     MCPCredentials,
+    MCPServerHeaders,
     mcp_headers,
     use_credentials,
 )
@@ -626,3 +627,94 @@ def test_a_query_a_server_reads_as_another_credential_s_gets_not_this_one(query:
     token, _ = sent(creds, f"{H}/mcp?{query}")
     agrees = token in (None, "tok-x")  # no token value in a failure's output
     assert agrees, query
+
+
+# --- the endpoint binding's limits, with an in-memory transport ----------------------------
+
+Seen = list[tuple[str, str | None, str | None]]
+
+
+def _sse_transport(events: dict[str, list[bytes]], seen: Seen) -> httpx2.MockTransport:
+    """Event streams by path, sent chunk by chunk (anything else: 202), recording what each
+    request carried."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        carried = (request.headers.get("authorization"), request.headers.get("x-api-key"))
+        seen.append((request.url.path, *carried))
+        chunks = events.get(request.url.path)
+        if chunks is None:
+            return httpx2.Response(202)
+        event_stream = {"content-type": "text/event-stream"}
+        return httpx2.Response(200, headers=event_stream, content=iter(chunks))
+
+    return httpx2.MockTransport(handler)
+
+
+def _stream_and_post(events: dict[str, list[bytes]], creds: MCPCredentials, *posts: str) -> Seen:
+    """Open each event stream and read its chunks but a last one (``: open``), so that it
+    stays open (a stream read to its end is closed), then post to ``posts``."""
+    seen: Seen = []
+    auth = MCPBearerAuth(credentials=creds)
+    held = []
+    with contextlib.ExitStack() as stack:
+        transport = _sse_transport({p: [*c, b": open\n"] for p, c in events.items()}, seen)
+        client = stack.enter_context(httpx2.Client(transport=transport, auth=auth))
+        for path, chunks in events.items():
+            response = stack.enter_context(client.stream("GET", H + path))
+            held.append(response.iter_raw())
+            for _ in chunks:
+                next(held[-1])
+        for post in posts:
+            client.post(H + post)
+    return seen
+
+
+ENDPOINT = b"event: endpoint\ndata: /a/messages/?session_id=1\n\n"
+
+
+def test_an_endpoint_event_after_the_first_64_kib_binds_nothing() -> None:
+    padding = [b": padding\n" * 1_000] * 7  # 70 KB of comments first
+    seen = _stream_and_post(
+        {"/a/sse": [*padding, ENDPOINT]},
+        credentials(H, {"/a/sse": A_TOKEN}),
+        "/a/messages/?session_id=1",
+    )
+    assert [auth for _, auth, _ in seen] == [f"Bearer {A_TOKEN}", None]
+
+
+def test_a_header_only_server_s_stream_gives_its_endpoint_the_headers() -> None:
+    entry = MCPServerHeaders(
+        headers={"X-Api-Key": "api-key-1"}, source="provider_data", server_url=H + "/a/sse"
+    )
+    creds = MCPCredentials(headers=[entry])
+    seen = _stream_and_post({"/a/sse": [ENDPOINT]}, creds, "/a/messages/?session_id=1", "/b")
+    assert seen == [
+        ("/a/sse", None, "api-key-1"),
+        ("/a/messages/", None, "api-key-1"),
+        ("/b", None, None),
+    ]
+    assert MCPBearerAuth(credentials=creds).headers_for(httpx2.Request("POST", H + "/b")) is None
+
+
+def test_bindings_are_bounded_the_oldest_going_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mcp_auth_middleware.endpoints.MAX_BINDINGS", 2)
+    events = {
+        f"/s{i}/sse": [f"event: endpoint\ndata: /s{i}/m?session_id={i}\n\n".encode()]
+        for i in range(3)
+    }
+    creds = credentials(H, {f"/s{i}/sse": f"token-of-s{i}-0123" for i in range(3)})
+    seen = _stream_and_post(events, creds, *(f"/s{i}/m?session_id={i}" for i in range(3)))
+    posted = [auth for path, auth, _ in seen if path.endswith("/m")]
+    assert posted == [None, "Bearer token-of-s1-0123", "Bearer token-of-s2-0123"]
+
+
+def test_mcp_headers_gives_no_headers_where_dot_segments_disagree() -> None:
+    entry = MCPServerHeaders(
+        headers={"X-Api-Key": "api-key-1"}, source="provider_data", server_url=H + "/b"
+    )
+    creds = MCPCredentials(
+        [MCPCredential(token=A_TOKEN, source="body", server_url=H + "/a")], headers=[entry]
+    )
+    with use_credentials(creds):
+        assert mcp_headers(H + "/b") == {"X-Api-Key": "api-key-1"}
+        assert mcp_headers(H + "/a/../b") == {}  # B's URL normalised; routed under /a as sent
