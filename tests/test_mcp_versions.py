@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from mcp_auth_middleware import MCPCredential
+from mcp_auth_middleware import MCPCredential, _mcp_sdk
 from mcp_auth_middleware.testing.pytest_plugin import MCPServerFactory
 from tests.helpers import MCP_MAJOR, MCP_VERSION, ROOT
 
@@ -71,3 +72,30 @@ async def test_the_pool_on_the_installed_mcp(mcp_server_factory: MCPServerFactor
     async with MCPSessionPool() as pool:
         result = await pool.call_tool(server.url, "whoami", credential=credential)
     assert (result.structured_content or {})["result"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("installed", "says"),
+    [
+        (None, "mcp is not installed"),
+        ("1.30.0", "mcp 1.30.0 is installed; with mcp 1.x, pass MCPBearerAuth()"),
+        ("2.3.0", "mcp 2.3.0 is installed, but httpx2 is missing"),
+    ],
+    ids=["absent", "1.x", "2.x-missing-a-dependency"],
+)
+def test_the_refusal_says_what_is_installed_and_what_is_needed(
+    monkeypatch: pytest.MonkeyPatch, installed: str | None, says: str
+) -> None:
+    """The message of the pool's import refusal, for each state of the installation (in
+    process: the child-process tests above cover the import itself)."""
+
+    def version(name: str) -> str:
+        if installed is None:
+            raise metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(metadata, "version", version)  # the module _mcp_sdk reads it from
+    error = _mcp_sdk.mcp2_required("MCPSessionPool", ImportError("no httpx2", name="httpx2"))
+    assert says in str(error)
+    assert "mcp>=2.3" in str(error)
+    assert error.name == "httpx2"
