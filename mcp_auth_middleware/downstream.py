@@ -14,8 +14,8 @@ credential: the request goes out unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp_auth_middleware.checks import check_extra_header, check_token
 from mcp_auth_middleware.context import current_credentials
@@ -40,6 +40,7 @@ __all__ = ["InsecureTransportError", "MCPBearerAuth", "mcp_headers"]
 _APPLIED = "mcp_auth_middleware.applied_headers"
 #: What an outgoing request carries: a credential, a server's header-only entry, or nothing.
 _Carried = Carried | None
+_E = TypeVar("_E", MCPCredential, MCPServerHeaders)
 
 if TYPE_CHECKING:
     import httpx
@@ -116,32 +117,33 @@ class MCPBearerAuth(_AuthBase):
         """The header-only entry this outgoing request would carry, when it has no
         credential (:attr:`MCPCredentials.server_headers`)."""
         target = _target_of(request)
-        return None if target is None else self._credentials().headers_entry_for(target)
+        return None if target is None else self._choose_headers(self._credentials(), target)
 
     def _credentials(self) -> MCPCredentials:
         return self._fixed if self._fixed is not None else current_credentials()
 
     def _choose(self, creds: MCPCredentials, target: ServerURL) -> MCPCredential | None:
         chosen = creds.match_request(target)
-        stream = self._endpoints.get(target.url) if self._endpoints else None
-        if (
-            not isinstance(stream, MCPCredential)
-            or creds.for_server(stream.server_url or "") is not stream
-        ):
-            return chosen  # no endpoint bound here, or its stream's set is not in force
-        # An SSE message endpoint: its stream's credential, unless the URL is under another
-        # credential's server (then the two disagree and neither is sent).
-        return stream if chosen is None or chosen is stream else None
+        return self._with_stream(chosen, target, MCPCredential, creds.for_server)
 
     def _choose_headers(self, creds: MCPCredentials, target: ServerURL) -> MCPServerHeaders | None:
-        """:meth:`_choose` for a server that has headers and no token."""
         chosen = creds.headers_entry_for(target)
+        return self._with_stream(chosen, target, MCPServerHeaders, creds.headers_entry_for)
+
+    def _with_stream(
+        self,
+        chosen: _E | None,
+        target: ServerURL,
+        kind: type[_E],
+        held: Callable[[str], _E | None],
+    ) -> _E | None:
+        """``chosen`` (by the URL rule), reconciled with what the SSE stream that announced
+        ``target`` as its message endpoint carried: that entry, if the set in force still
+        holds it (``held`` looks it up by its server URL), unless the URL is under another
+        entry's server, in which case the two disagree and neither is sent."""
         stream = self._endpoints.get(target.url) if self._endpoints else None
-        if (
-            not isinstance(stream, MCPServerHeaders)
-            or creds.headers_entry_for(stream.server_url or "") is not stream
-        ):
-            return chosen
+        if not isinstance(stream, kind) or held(stream.server_url or "") is not stream:
+            return chosen  # no endpoint bound here, or its stream's set is not in force
         return stream if chosen is None or chosen is stream else None
 
     def _carried(self, creds: MCPCredentials, target: ServerURL) -> _Carried:
